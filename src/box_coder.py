@@ -1,0 +1,121 @@
+"""Matching ground truth to default boxes, and the offset encoding between them.
+
+Conventions used throughout the project:
+- ``ltrb``: (left, top, right, bottom), ``xywh``: (centre x, centre y, width, height);
+- coordinates are normalised to [0, 1] of the network input unless a name says pixels;
+- label 0 is background, labels 1..C-1 are the dataset's categories.
+"""
+import torch
+from torchvision.ops import box_convert
+
+CENTER_VARIANCE = 0.1
+SIZE_VARIANCE = 0.2
+
+
+def batched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of every box of ``boxes1`` (N, M, 4) with every box of ``boxes2`` (B, 4), both ltrb.
+
+    torchvision.ops.box_iou takes 2-D inputs only; this is its batched form.
+    :return: (N, M, B)
+    """
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])  # (N, M)
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])  # (B,)
+    lt = torch.max(boxes1[..., None, :2], boxes2[:, :2])  # (N, M, B, 2)
+    rb = torch.min(boxes1[..., None, 2:], boxes2[:, 2:])  # (N, M, B, 2)
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]  # (N, M, B)
+    return inter / (area1[..., None] + area2 - inter)
+
+
+class BoxCoder:
+    """Matches ground truth to the default boxes and converts boxes to and from offsets.
+
+    :param dboxes_xywh: (B, 4) default boxes, normalised (cx, cy, w, h)
+    """
+
+    def __init__(self, dboxes_xywh: torch.Tensor, iou_threshold: float = 0.5):
+        self.dboxes_xywh = dboxes_xywh
+        self.dboxes_ltrb = box_convert(dboxes_xywh, "cxcywh", "xyxy")
+        self.iou_threshold = iou_threshold
+
+    def to(self, device) -> "BoxCoder":
+        return BoxCoder(self.dboxes_xywh.to(device), self.iou_threshold)
+
+    @property
+    def num_boxes(self) -> int:
+        return self.dboxes_xywh.shape[0]
+
+    def match(self, gt_ltrb: torch.Tensor, gt_labels: torch.Tensor):
+        """Assign a ground-truth box to every default box, for a padded batch.
+
+        A default box is positive when its best IoU exceeds the threshold; besides, every
+        ground-truth box keeps its own best default box whatever the IoU (when two boxes
+        claim the same default box, the later one wins).
+
+        :param gt_ltrb: (N, M, 4) normalised ltrb ground truth, padded
+        :param gt_labels: (N, M) int labels, 0 where a row is padding
+        :return: ``(boxes_xywh (N, B, 4), labels (N, B))``: the matched ground truth as
+            (cx, cy, w, h), or the default box itself where unmatched; label 0 there
+        """
+        n, m = gt_labels.shape
+        dboxes_ltrb = self.dboxes_ltrb.to(gt_ltrb.device)
+        dboxes_xywh = self.dboxes_xywh.to(gt_ltrb.device)
+        num_boxes = dboxes_ltrb.shape[0]
+        valid = gt_labels > 0  # (N, M)
+        ious = batched_box_iou(gt_ltrb, dboxes_ltrb)  # (N, M, B)
+        ious = ious.masked_fill(~valid[..., None], -1.0)
+
+        best_iou, best_gt = ious.max(dim=1)  # (N, B): best ground truth of each default box
+        best_dbox = ious.argmax(dim=2)  # (N, M): best default box of each ground truth
+
+        # each ground truth keeps its best default box: scatter its index there ("amax" makes
+        # the later ground truth win deterministically on every device)
+        image = torch.arange(n, device=gt_ltrb.device)[:, None].expand(n, m)
+        gt_index = torch.arange(m, device=gt_ltrb.device)[None].expand(n, m)
+        flat = (image * num_boxes + best_dbox)[valid]
+        forced = torch.full((n * num_boxes,), -1, dtype=torch.long, device=gt_ltrb.device)
+        forced.scatter_reduce_(0, flat, gt_index[valid], reduce="amax")
+        forced = forced.view(n, num_boxes)  # (N, B)
+        best_gt = torch.where(forced >= 0, forced, best_gt)
+        positive = (forced >= 0) | (best_iou > self.iou_threshold)  # (N, B)
+
+        labels = torch.gather(gt_labels, 1, best_gt) * positive  # (N, B)
+        matched = torch.gather(gt_ltrb, 1, best_gt[..., None].expand(n, num_boxes, 4))  # (N, B, 4)
+        matched = box_convert(matched, "xyxy", "cxcywh")
+        boxes = torch.where(positive[..., None], matched, dboxes_xywh)
+        return boxes, labels.long()
+
+    def match_one(self, gt_ltrb: torch.Tensor, gt_labels: torch.Tensor):
+        """:meth:`match` for one image: (M, 4), (M,) -> (B, 4), (B,)."""
+        boxes, labels = self.match(gt_ltrb[None], gt_labels[None])
+        return boxes[0], labels[0]
+
+    def encode(self, boxes_xywh: torch.Tensor) -> torch.Tensor:
+        """Offsets of (..., B, 4) xywh boxes from the default boxes, as the model predicts them."""
+        d = self.dboxes_xywh.to(boxes_xywh.device)
+        center = (boxes_xywh[..., :2] - d[:, :2]) / (CENTER_VARIANCE * d[:, 2:])
+        size = torch.log(boxes_xywh[..., 2:] / d[:, 2:]) / SIZE_VARIANCE
+        return torch.cat([center, size], dim=-1)
+
+    def decode(self, offsets: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`encode`: (..., B, 4) offsets -> (..., B, 4) normalised ltrb boxes."""
+        d = self.dboxes_xywh.to(offsets.device)
+        center = offsets[..., :2] * CENTER_VARIANCE * d[:, 2:] + d[:, :2]
+        size = torch.exp(offsets[..., 2:] * SIZE_VARIANCE) * d[:, 2:]
+        return box_convert(torch.cat([center, size], dim=-1), "cxcywh", "xyxy")
+
+
+def pad_targets(targets: list[dict], device=None):
+    """Stack variable-length targets into a padded batch for :meth:`BoxCoder.match`.
+
+    :param targets: dicts with ``boxes`` (n_i, 4) normalised ltrb and ``labels`` (n_i,)
+    :return: ``(boxes (N, M, 4), labels (N, M))``, M = max n_i (at least 1), label 0 = padding
+    """
+    m = max([1] + [len(t["labels"]) for t in targets])
+    boxes = torch.zeros(len(targets), m, 4)
+    labels = torch.zeros(len(targets), m, dtype=torch.long)
+    for i, t in enumerate(targets):
+        k = len(t["labels"])
+        boxes[i, :k] = t["boxes"]
+        labels[i, :k] = t["labels"]
+    return boxes.to(device, non_blocking=True), labels.to(device, non_blocking=True)

@@ -1,0 +1,142 @@
+"""SSD300-ResNet50 and SSDLite-MobileNetV2.
+
+Module names follow the reference implementation (``feature_extractor``,
+``additional_blocks``, ``loc``, ``conf``) so that the original repository's and
+NVIDIA's SSD300 v1.1 state dicts load with ``strict=True``.
+"""
+import torch
+from torch import nn
+from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, mobilenet_v2, resnet50
+from torchvision.models.mobilenetv2 import InvertedResidual
+
+from .specs import SSDSpec, get_spec
+
+
+class ResNet50Backbone(nn.Module):
+    """ResNet-50 up to ``layer3``, whose first block keeps stride 1: 38x38x1024 at 300x300."""
+
+    def __init__(self, weights=None):
+        super().__init__()
+        resnet = resnet50(weights=weights)
+        # conv1, bn1, relu, maxpool, layer1, layer2, layer3
+        self.feature_extractor = nn.Sequential(*list(resnet.children())[:7])
+        first_block = self.feature_extractor[-1][0]
+        first_block.conv1.stride = (1, 1)
+        first_block.conv2.stride = (1, 1)
+        first_block.downsample[0].stride = (1, 1)
+
+    def forward(self, x):
+        return [self.feature_extractor(x)]
+
+
+class MobileNetV2Backbone(nn.Module):
+    """MobileNetV2 features, giving two maps at 300x300: the expansion output of block 14
+    (19x19x576, after its ReLU6) and the last 1x1 conv (10x10x1280)."""
+
+    def __init__(self, weights=None):
+        super().__init__()
+        self.feature_extractor = mobilenet_v2(weights=weights).features
+
+    def forward(self, x):
+        features = self.feature_extractor
+        block14 = features[14].conv
+        x = block14[0](features[:14](x))
+        first = x  # (N, 576, 19, 19)
+        x = features[15:](block14[1:](x))  # block 14 has stride 2: no residual to add
+        return [first, x]  # ..., (N, 1280, 10, 10)
+
+
+def _resnet_extra(in_ch, mid_ch, out_ch, stride, padding):
+    return nn.Sequential(
+        nn.Conv2d(in_ch, mid_ch, kernel_size=1, bias=False),
+        nn.BatchNorm2d(mid_ch),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(mid_ch, out_ch, kernel_size=3, stride=stride, padding=padding, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _separable_head(in_ch, out_ch):
+    """Depthwise 3x3, BN, ReLU6, pointwise 1x1: SSDLite's prediction layer."""
+    return nn.Sequential(
+        nn.Conv2d(in_ch, in_ch, kernel_size=3, padding=1, groups=in_ch),
+        nn.BatchNorm2d(in_ch),
+        nn.ReLU6(inplace=True),
+        nn.Conv2d(in_ch, out_ch, kernel_size=1),
+    )
+
+
+class SSD(nn.Module):
+    """Single-shot detector: backbone maps, extra layers, and loc/conf heads on each map.
+
+    :param spec: the architecture (``specs.SSD300`` or ``specs.SSDLITE``)
+    :param num_classes: categories plus one for background
+    :param pretrained_backbone: load torchvision's ImageNet weights into the backbone
+    """
+
+    def __init__(self, spec: SSDSpec, num_classes: int, pretrained_backbone: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.num_classes = num_classes
+        if spec.name == "ssd":
+            self._build_ssd300(pretrained_backbone)
+        else:
+            self._build_ssdlite(pretrained_backbone)
+        self._init_new_layers()
+
+    def _build_ssd300(self, pretrained):
+        spec = self.spec
+        self.feature_extractor = ResNet50Backbone(ResNet50_Weights.IMAGENET1K_V1 if pretrained else None)
+        mids = (256, 256, 128, 128, 128)
+        ch = spec.out_channels
+        self.additional_blocks = nn.ModuleList(
+            _resnet_extra(ch[i], mids[i], ch[i + 1], stride=2 if i < 3 else 1, padding=1 if i < 3 else 0)
+            for i in range(5)
+        )
+        boxes = spec.boxes_per_location
+        self.loc = nn.ModuleList(nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(ch, boxes))
+        self.conf = nn.ModuleList(nn.Conv2d(c, a * self.num_classes, 3, padding=1) for c, a in zip(ch, boxes))
+
+    def _build_ssdlite(self, pretrained):
+        spec = self.spec
+        self.feature_extractor = MobileNetV2Backbone(MobileNet_V2_Weights.IMAGENET1K_V1 if pretrained else None)
+        ch = spec.out_channels
+        expand = (0.2, 0.25, 0.5, 0.25)
+        self.additional_blocks = nn.ModuleList(
+            InvertedResidual(ch[i + 1], ch[i + 2], stride=2, expand_ratio=expand[i]) for i in range(4)
+        )
+        boxes = spec.boxes_per_location
+        self.loc = nn.ModuleList(_separable_head(c, a * 4) for c, a in zip(ch, boxes))
+        self.conf = nn.ModuleList(_separable_head(c, a * self.num_classes) for c, a in zip(ch, boxes))
+
+    def _init_new_layers(self):
+        for module in [*self.additional_blocks.modules(), *self.loc.modules(), *self.conf.modules()]:
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+
+    def feature_maps(self, x):
+        """The feature maps the heads predict from, largest first."""
+        maps = self.feature_extractor(x)
+        x = maps[-1]
+        for block in self.additional_blocks:
+            x = block(x)
+            maps.append(x)
+        return maps
+
+    def forward(self, x):
+        """
+        :param x: (N, 3, 300, 300) normalised images
+        :return: ``(ploc (N, 4, B), plabel (N, num_classes, B))``, in default-box order
+        """
+        maps = self.feature_maps(x)
+        n = x.shape[0]
+        # (N, A*K, H, W) -> (N, K, A*H*W): channel a + A*k holds coordinate/class k of box a
+        ploc = torch.cat([head(f).reshape(n, 4, -1) for f, head in zip(maps, self.loc)], dim=2)
+        plabel = torch.cat([head(f).reshape(n, self.num_classes, -1) for f, head in zip(maps, self.conf)], dim=2)
+        return ploc, plabel
+
+
+def build_model(name: str, num_classes: int, pretrained_backbone: bool = False) -> SSD:
+    """SSD300-ResNet50 (``"ssd"``) or SSDLite-MobileNetV2 (``"ssdlite"``)."""
+    return SSD(get_spec(name), num_classes, pretrained_backbone)
