@@ -1,0 +1,120 @@
+"""Reading and writing checkpoints: ours, the original repository's and NVIDIA's.
+
+- ours: ``{"model": state_dict, "model_name", "num_classes", "category_ids",
+  "category_names", ...training state}``;
+- the original's: ``{"epoch", "model_state_dict", "optimizer", "scheduler"}``;
+- NVIDIA's SSD300 v1.1: ``{"model": state_dict, ...}``, keys possibly prefixed ``module.``.
+
+Everything is loaded with ``weights_only=True``: a file that carries pickled code is
+refused before any of it runs.
+"""
+import os
+import pickle
+import tempfile
+import zipfile
+
+import torch
+
+from .specs import get_spec
+
+# keys of a parameter only one of the two backbones has
+_RESNET_KEY = "feature_extractor.feature_extractor.4.0.conv1.weight"
+_MOBILENET_KEY = "feature_extractor.feature_extractor.1.conv.0.0.weight"
+# the original SSDLite built a 7th head pair it never used; ours has none
+_UNUSED_SSDLITE_PREFIXES = ("loc.6.", "conf.6.")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def read_checkpoint(path: str, map_location="cpu") -> dict:
+    """``torch.load`` with ``weights_only=True``, turning every failure into one clear line."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path} is empty")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" in str(e).lower():  # a GLOBAL opcode: the file names code to import
+            raise CheckpointError(f"checkpoint {path} carries pickled code or objects and was refused "
+                                  "(only tensors and plain containers are loaded)") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (not a torch.save file)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {first})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def model_state_dict(ckpt: dict, path: str = "checkpoint") -> dict:
+    """The model's state dict from any of the three forms, with ``module.`` prefixes removed."""
+    if "model_state_dict" in ckpt:
+        state = ckpt["model_state_dict"]
+    elif "model" in ckpt:
+        state = ckpt["model"]
+    else:
+        state = ckpt
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()) or not state:
+        raise CheckpointError(f"{path} holds no model state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def infer_model_name(state: dict) -> str | None:
+    """"ssd" for a ResNet-50 backbone, "ssdlite" for MobileNetV2, None if neither."""
+    if _RESNET_KEY in state:
+        return "ssd"
+    if _MOBILENET_KEY in state:
+        return "ssdlite"
+    return None
+
+
+def infer_num_classes(state: dict, model_name: str) -> int:
+    """Background plus categories, from the first class head's output channels."""
+    key = "conf.0.weight" if model_name == "ssd" else "conf.0.3.weight"
+    if key not in state:
+        raise CheckpointError(f"the state dict has no {key} (not an {model_name} checkpoint?)")
+    return state[key].shape[0] // get_spec(model_name).boxes_per_location[0]
+
+
+def adapt_state_dict(state: dict, model_name: str) -> dict:
+    """Drop what the original SSDLite carried but never used (``loc.6.*``, ``conf.6.*``)."""
+    if model_name != "ssdlite":
+        return state
+    return {k: v for k, v in state.items() if not k.startswith(_UNUSED_SSDLITE_PREFIXES)}
+
+
+def load_model_weights(model, state: dict, path: str = "checkpoint"):
+    """``load_state_dict(strict=True)`` with mismatches reported in one line."""
+    state = adapt_state_dict(state, model.spec.name)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = [f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
+                 f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+                 f"{len(wrong)} of another shape (e.g. {wrong[0]})" if wrong else ""]
+        raise CheckpointError(f"{path} does not fit {model.spec.name} with {model.num_classes} classes: "
+                              + ", ".join(p for p in parts if p))
+    model.load_state_dict(state, strict=True)
+
+
+def save_atomic(obj: dict, path: str):
+    """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, then rename it:
+    a kill at any moment leaves either the old file or the new one, whole."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

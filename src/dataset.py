@@ -1,0 +1,111 @@
+"""COCO-format detection data: the original layout, or any annotation file plus image folder."""
+import contextlib
+import io
+import os
+
+import cv2
+import torch
+from pycocotools.coco import COCO
+from torchvision import tv_tensors
+
+MIN_BOX_SIDE = 1.0  # pixels; thinner boxes cannot be matched to any default box
+
+
+def coco_paths(root: str, split: str) -> tuple[str, str]:
+    """(annotation file, image folder) of ``split`` ("train" or "val") in the original layout:
+    ``root/annotations/instances_{split}2017.json`` and ``root/{split}2017/``."""
+    return (os.path.join(root, "annotations", f"instances_{split}2017.json"),
+            os.path.join(root, f"{split}2017"))
+
+
+def load_coco(annotation_file: str) -> COCO:
+    """pycocotools' COCO index, without its progress prints."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(annotation_file)
+
+
+class ImageReadError(Exception):
+    """An image file that is missing or cannot be decoded."""
+
+
+def read_rgb(path: str, apply_exif: bool = False) -> torch.Tensor:
+    """Decode an image file (JPEG, PNG...; grayscale, CMYK, palette or RGBA) to uint8 RGB (3, H, W).
+
+    OpenCV decodes faster than PIL and is not deprecated like torchvision.io's decoders.
+    EXIF orientation is ignored by default, as COCO's annotations are on the stored pixels;
+    photos from a phone want ``apply_exif=True``.
+    """
+    flags = cv2.IMREAD_COLOR if apply_exif else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    bgr = cv2.imread(path, flags)
+    if bgr is None:
+        reason = "does not exist" if not os.path.exists(path) else "is not an image OpenCV can decode"
+        raise ImageReadError(f"image {path} {reason}")
+    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)  # (3, H, W)
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Images and boxes of a COCO-format annotation file.
+
+    Categories get contiguous labels 1..K in order of category id (0 is background);
+    ``category_ids`` and ``category_names`` keep the mapping back. Crowd regions and boxes
+    thinner than 1 pixel are not targets. Every image of the file is a sample, those
+    without annotations included (they are background-only).
+
+    A sample is ``(image, target)``: the image as the transforms leave it, and a target
+    with ``boxes`` (n, 4) ltrb normalised to [0, 1] of the transformed image, ``labels``
+    (n,) int64, ``image_id`` and ``orig_size`` (h, w) of the file.
+    """
+
+    def __init__(self, image_dir: str, annotation_file: str, transforms=None):
+        self.image_dir = image_dir
+        self.coco = load_coco(annotation_file)
+        self.ids = sorted(self.coco.imgs)
+        self.category_ids = sorted(self.coco.cats)
+        self.category_names = [self.coco.cats[c]["name"] for c in self.category_ids]
+        self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
+        self.transforms = transforms
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids) + 1
+
+    def __len__(self):
+        return len(self.ids)
+
+    def image_path(self, image_id: int) -> str:
+        return os.path.join(self.image_dir, self.coco.imgs[image_id]["file_name"])
+
+    def annotations(self, image_id: int, height: int, width: int):
+        """Training boxes of one image: (n, 4) pixel ltrb clipped to the image, and labels (n,)."""
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
+        boxes[:, 2:] += boxes[:, :2]  # xywh -> ltrb
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
+        return boxes[keep], labels[keep]
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        image = tv_tensors.Image(read_rgb(self.image_path(image_id)))
+        height, width = image.shape[-2:]
+        boxes, labels = self.annotations(image_id, height, width)
+        target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
+                  "labels": labels}
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        out_h, out_w = image.shape[-2:]
+        scale = torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
+        return image.as_subclass(torch.Tensor), {
+            "boxes": target["boxes"].as_subclass(torch.Tensor) / scale,
+            "labels": target["labels"],
+            "image_id": image_id,
+            "orig_size": (height, width),
+        }
+
+
+def collate(batch):
+    """Stack the images, keep the targets as a list (each image has its own box count)."""
+    images, targets = zip(*batch)
+    return torch.stack(images), list(targets)

@@ -1,0 +1,87 @@
+"""A small, deterministic COCO-format detection set of coloured shapes on textured backgrounds.
+
+It is written in the original layout (``annotations/instances_{train,val}2017.json``,
+``train2017/``, ``val2017/``) so that every script runs on it exactly as on COCO. Category
+ids are deliberately not contiguous, and some images hold no object.
+"""
+import json
+import os
+
+import cv2
+import numpy as np
+
+CATEGORIES = [  # (id, name): ids with gaps, as in COCO
+    (2, "circle"), (5, "square"), (9, "triangle"), (14, "cross"),
+]
+
+
+def _background(rng, height, width):
+    """A random colour gradient with noise and a few faint stripes, uint8 BGR (H, W, 3)."""
+    c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    t = np.linspace(0, 1, width if rng.random() < 0.5 else height)[:, None]
+    ramp = c0 + (c1 - c0) * t  # (L, 3)
+    img = np.broadcast_to(ramp[None] if len(ramp) == width else ramp[:, None], (height, width, 3)).copy()
+    for _ in range(rng.integers(0, 4)):
+        p1 = tuple(int(v) for v in rng.integers(0, [width, height]))
+        p2 = tuple(int(v) for v in rng.integers(0, [width, height]))
+        cv2.line(img, p1, p2, tuple(float(v) for v in rng.uniform(0, 255, 3)), int(rng.integers(1, 6)))
+    img += rng.normal(0, rng.uniform(2, 12), img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _draw_shape(img, kind, x, y, size, color):
+    """Draw one shape filling the box (x, y, size, size); return its tight bbox [x, y, w, h]."""
+    x2, y2 = x + size - 1, y + size - 1
+    if kind == "circle":
+        cv2.circle(img, (x + size // 2, y + size // 2), size // 2, color, -1, cv2.LINE_AA)
+    elif kind == "square":
+        cv2.rectangle(img, (x, y), (x2, y2), color, -1)
+    elif kind == "triangle":
+        pts = np.array([[x + size // 2, y], [x, y2], [x2, y2]], np.int32)
+        cv2.fillPoly(img, [pts], color, cv2.LINE_AA)
+    else:  # cross
+        t = max(2, size // 4)
+        c = size // 2
+        cv2.rectangle(img, (x + c - t // 2, y), (x + c + t // 2, y2), color, -1)
+        cv2.rectangle(img, (x, y + c - t // 2), (x2, y + c + t // 2), color, -1)
+    return [float(x), float(y), float(size), float(size)]
+
+
+def _make_image(rng, height, width, max_objects, empty_fraction):
+    img = _background(rng, height, width)
+    n = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+    objects = []
+    for _ in range(n):
+        cat_id, kind = CATEGORIES[rng.integers(len(CATEGORIES))]
+        size = int(rng.uniform(0.08, 0.5) * min(height, width))
+        x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
+        color = tuple(float(v) for v in rng.uniform(0, 255, 3))
+        objects.append((cat_id, _draw_shape(img, kind, x, y, size, color)))
+    return img, objects
+
+
+def write_split(root, split, num_images, seed, size=(480, 640), max_objects=5, empty_fraction=0.1):
+    """Write ``num_images`` images of ``size`` (h, w) and their COCO annotation file."""
+    rng = np.random.default_rng(seed)
+    image_dir = os.path.join(root, f"{split}2017")
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        img, objects = _make_image(rng, *size, max_objects, empty_fraction)
+        file_name = f"{image_id:06d}.jpg"
+        cv2.imwrite(os.path.join(image_dir, file_name), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        images.append({"id": image_id, "file_name": file_name, "height": size[0], "width": size[1]})
+        for cat_id, bbox in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_id,
+                                "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in CATEGORIES]}
+    with open(os.path.join(root, "annotations", f"instances_{split}2017.json"), "w") as f:
+        json.dump(coco, f)
+
+
+def generate(root, num_train=800, num_val=100, seed=0, size=(480, 640)):
+    """Write the train and val splits under ``root`` (deterministic for a given seed)."""
+    write_split(root, "train", num_train, seed, size)
+    write_split(root, "val", num_val, seed + 1, size)

@@ -1,0 +1,73 @@
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+sys.path.insert(0, ROOT)
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def kit():
+    """The conformance kit's expected outputs, per model name."""
+    return torch.load(os.path.join(FIXTURES, "seed_conformance.pt"), weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def kit_shapes():
+    with open(os.path.join(FIXTURES, "seed_state_dict_shapes.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def kit_dboxes():
+    return {name: torch.load(os.path.join(FIXTURES, f"dboxes_{name}.pt"), weights_only=True)
+            for name in ("ssd", "ssdlite")}
+
+
+def recipe_state_dict(shapes: dict) -> dict:
+    """The kit's weight recipe: a reference-model state dict made from one seeded generator."""
+    g = torch.Generator().manual_seed(0)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(0)
+        elif key.endswith("running_var"):
+            state[key] = torch.ones(shape)
+        elif key.endswith("running_mean"):
+            state[key] = torch.zeros(shape)
+        elif len(shape) >= 2:
+            state[key] = torch.randn(shape, generator=g) / math.sqrt(math.prod(shape[1:]))
+        elif key.endswith(".weight"):
+            state[key] = 1 + 0.1 * torch.randn(shape, generator=g)
+        else:
+            state[key] = 0.1 * torch.randn(shape, generator=g)
+    return state
+
+
+@pytest.fixture(scope="session")
+def kit_state_dict(kit_shapes):
+    """name -> the reference state dict under the kit's recipe (as a published file holds it)."""
+    cache = {}
+
+    def make(name):
+        if name not in cache:
+            cache[name] = recipe_state_dict(kit_shapes[name])
+        return {k: v.clone() for k, v in cache[name].items()}
+    return make
+
+
+@pytest.fixture(scope="session")
+def toy_root(tmp_path_factory):
+    """A tiny toy COCO set in the original layout (train 12, val 6 images of 240x320)."""
+    from src.toy_dataset import write_split
+    root = str(tmp_path_factory.mktemp("toy"))
+    write_split(root, "train", 12, seed=0, size=(240, 320))
+    write_split(root, "val", 6, seed=1, size=(240, 320))
+    return root

@@ -1,0 +1,49 @@
+import torch
+
+from src.box_coder import BoxCoder
+from src.default_boxes import default_boxes
+from src.postprocess import Postprocessor
+from src.specs import SSDLITE
+
+
+def make_outputs(n, num_classes, seed):
+    g = torch.Generator().manual_seed(seed)
+    b = SSDLITE.num_boxes
+    ploc = 0.5 * torch.randn(n, 4, b, generator=g)
+    plabel = torch.randn(n, num_classes, b, generator=g)
+    hot = torch.randint(0, b, (n, 40), generator=g)
+    cls = torch.randint(1, num_classes, (n, 40), generator=g)
+    for i in range(n):
+        plabel[i, cls[i], hot[i]] += 8.0
+    return ploc, plabel
+
+
+def test_batched_equals_single():
+    post = Postprocessor(BoxCoder(default_boxes(SSDLITE)))
+    ploc, plabel = make_outputs(4, 7, seed=0)
+    batched = post(ploc, plabel)
+    assert len(batched) == 4
+    for i in range(4):
+        single = post(ploc[i:i + 1], plabel[i:i + 1])[0]
+        for a, b in zip(batched[i], single):
+            assert torch.equal(a, b)
+
+
+def test_output_is_sorted_clamped_and_capped():
+    post = Postprocessor(BoxCoder(default_boxes(SSDLITE)), max_output=25)
+    for boxes, labels, scores in post(*make_outputs(3, 7, seed=1)):
+        assert len(scores) == 25
+        assert torch.all(scores[:-1] >= scores[1:])
+        assert boxes.min() >= 0 and boxes.max() <= 1
+        assert labels.min() >= 1 and labels.max() <= 6
+        assert scores.min() > 0.05
+
+
+def test_no_detections_gives_empty_tensors():
+    post = Postprocessor(BoxCoder(default_boxes(SSDLITE)))
+    b = SSDLITE.num_boxes
+    plabel = torch.zeros(2, 5, b)
+    plabel[:, 0] = 20.0  # background everywhere
+    out = post(torch.zeros(2, 4, b), plabel)
+    assert [len(s) for _, _, s in out] == [0, 0]
+    assert out[0][0].shape == (0, 4)
