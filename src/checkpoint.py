@@ -15,6 +15,7 @@ import zipfile
 
 import torch
 
+from .errors import CheckpointError
 from .specs import get_spec
 
 # keys of a parameter only one of the two backbones has
@@ -22,10 +23,6 @@ _RESNET_KEY = "feature_extractor.feature_extractor.4.0.conv1.weight"
 _MOBILENET_KEY = "feature_extractor.feature_extractor.1.conv.0.0.weight"
 # the original SSDLite built a 7th head pair it never used; ours has none
 _UNUSED_SSDLITE_PREFIXES = ("loc.6.", "conf.6.")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:

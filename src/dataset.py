@@ -1,12 +1,15 @@
 """COCO-format detection data: the original layout, or any annotation file plus image folder."""
 import contextlib
 import io
+import json
 import os
 
 import cv2
 import torch
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
+
+from .errors import DatasetError, ImageReadError
 
 MIN_BOX_SIDE = 1.0  # pixels; thinner boxes cannot be matched to any default box
 
@@ -18,14 +21,38 @@ def coco_paths(root: str, split: str) -> tuple[str, str]:
             os.path.join(root, f"{split}2017"))
 
 
+LAYOUT = ("root/annotations/instances_{train,val}2017.json with images in root/{train,val}2017/, "
+          "or any COCO-format JSON and image folder")
+
+
 def load_coco(annotation_file: str) -> COCO:
-    """pycocotools' COCO index, without its progress prints."""
+    """pycocotools' COCO index, checked: a missing file, bad JSON or boxes that are not
+    four numbers raise :class:`DatasetError` naming the file."""
+    if not os.path.isfile(annotation_file):
+        raise DatasetError(f"annotation file {annotation_file} not found (expected {LAYOUT})")
+    try:
+        with open(annotation_file) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"annotation file {annotation_file} is not valid JSON ({e})") from None
+    _check_coco_dict(data, annotation_file)
+    coco = COCO()
+    coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(annotation_file)
+        coco.createIndex()
+    return coco
 
 
-class ImageReadError(Exception):
-    """An image file that is missing or cannot be decoded."""
+def _check_coco_dict(data, path):
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DatasetError(f"annotation file {path} has no 'images' list: not COCO format")
+    data.setdefault("annotations", [])
+    data.setdefault("categories", [])
+    for ann in data["annotations"]:
+        box = ann.get("bbox")
+        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+            raise DatasetError(f"annotation {ann.get('id')} in {path} has bbox {box!r}: "
+                               "expected [x, y, width, height], four numbers")
 
 
 def read_rgb(path: str, apply_exif: bool = False) -> torch.Tensor:
@@ -109,3 +136,18 @@ def collate(batch):
     """Stack the images, keep the targets as a list (each image has its own box count)."""
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)
+
+
+def shard(dataset, rank: int, world_size: int):
+    """Every ``world_size``-th sample from ``rank``: disjoint shards with no padding, so that
+    sharded evaluation sees each image exactly once."""
+    if world_size == 1:
+        return dataset
+    return torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
+
+
+def eval_loader(dataset, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1, pin_memory=False):
+    """An in-order loader over this rank's shard of ``dataset``."""
+    return torch.utils.data.DataLoader(shard(dataset, rank, world_size), batch_size=batch_size, shuffle=False,
+                                       num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
+                                       persistent_workers=num_workers > 0)

@@ -1,0 +1,52 @@
+"""COCO mAP with pycocotools, from our detections."""
+import contextlib
+import io
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+STAT_NAMES = [
+    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+]
+
+
+def to_coco_results(detections, image_ids, orig_sizes, category_ids) -> list[dict]:
+    """COCO results entries ``{image_id, category_id, bbox [x, y, w, h] in pixels, score}``.
+
+    :param detections: per image ``(boxes (k, 4) normalised ltrb, labels (k,), scores (k,))``
+    :param orig_sizes: per image (height, width) of the file
+    :param category_ids: dataset category id of each label 1..K (``category_ids[label - 1]``)
+    """
+    results = []
+    for (boxes, labels, scores), image_id, (h, w) in zip(detections, image_ids, orig_sizes):
+        boxes = boxes.float().cpu().numpy() * np.array([w, h, w, h], dtype=np.float32)
+        boxes[:, 2:] -= boxes[:, :2]  # ltrb -> ltwh
+        for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
+            results.append({"image_id": int(image_id), "category_id": int(category_ids[label - 1]),
+                            "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
+    return results
+
+
+def coco_evaluate(coco_gt: COCO, results: list[dict], verbose: bool = True) -> dict:
+    """Run COCOeval (bbox) on every image of ``coco_gt``; print the 12-line summary if ``verbose``.
+
+    :return: ``{name: value}`` for the 12 standard stats (all 0 when there is no detection)
+    """
+    if not results:
+        if verbose:
+            print("No detections: every COCO stat is 0.")
+        return dict.fromkeys(STAT_NAMES, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(results)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.imgIds = sorted(coco_gt.getImgIds())
+        evaluator.evaluate()
+        evaluator.accumulate()
+    summary = io.StringIO()
+    with contextlib.redirect_stdout(summary):
+        evaluator.summarize()
+    if verbose:
+        print(summary.getvalue(), end="")
+    return {name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats)}

@@ -1,0 +1,79 @@
+"""Process-group set-up from the torchrun environment; a no-op in a single process."""
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init_distributed(device_name: str, timeout_s: float = 600):
+    """Join the process group that torchrun (or torch.distributed.launch) describes.
+
+    NCCL on CUDA, gloo on the CPU. A rank that dies makes the others fail within
+    ``timeout_s`` instead of hanging.
+    :return: ``(rank, local_rank, world_size, device)``
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=device if device.type == "cuda" else None)
+    return rank, local_rank, world_size, device
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def gather_lists(items: list) -> list:
+    """Concatenate every rank's list on every rank (picklable items)."""
+    if not is_distributed():
+        return items
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, items)
+    return [x for part in gathered for x in part]
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    if not is_distributed():
+        return value
+    value = value.clone()
+    dist.all_reduce(value)
+    return value / get_world_size()
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier():
+    if is_distributed():
+        dist.barrier()
+
+
+def cleanup():
+    if is_distributed():
+        dist.destroy_process_group()

@@ -1,0 +1,30 @@
+"""Optimizer and learning-rate schedule of the SSD recipe (NVIDIA's SSD300 v1.1)."""
+import bisect
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv weights only: not on BatchNorm parameters and biases (all 1-D)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def scaled_lr(base_lr: float, batch_size: int, world_size: int) -> float:
+    """The linear scaling rule of the original and NVIDIA's: ``base_lr`` is for 32 images a step."""
+    return base_lr * world_size * batch_size / 32
+
+
+def warmup_multistep(optimizer, iters_per_epoch: int, warmup_iters: int, milestones: list[int], gamma=0.1):
+    """Per-iteration schedule: linear warm-up over ``warmup_iters``, then ``gamma`` at the start
+    of each epoch in ``milestones`` (epochs counted from 0: 43 means after 43 whole epochs)."""
+    milestones = sorted(milestones)
+
+    def factor(it: int) -> float:
+        warm = min(1.0, (it + 1) / warmup_iters) if warmup_iters > 0 else 1.0
+        return warm * gamma ** bisect.bisect_right(milestones, it // iters_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,170 @@
+"""train.py end to end on a tiny toy set (CPU, SSDLite): learning, DDP, resume, kills, errors."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from src.box_coder import BoxCoder
+from src.dataset import CocoDetection, coco_paths, collate
+from src.default_boxes import default_boxes
+from src.engine import train_step
+from src.loss import MultiBoxLoss
+from src.model import build_model
+from src.optim import param_groups, warmup_multistep
+from src.specs import SSDLITE
+from src.transforms import val_transforms
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+TORCHRUN = [PY, "-m", "torch.distributed.run"]
+
+
+def train_cmd(toy_root, save, *extra, epochs=1, eval_every=0):
+    return [PY, "train.py", "--data-path", toy_root, "--save-folder", str(save), "--log-path", str(save / "tb"),
+            "--model", "ssdlite", "--batch-size", "4", "--epochs", str(epochs), "--num-workers", "0",
+            "--no-pretrained-backbone", "--warmup", "2", "--eval-every", str(eval_every), "--seed", "3", *extra]
+
+
+def run(cmd, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ckpt(save):
+    return torch.load(save / "ssdlite.pth", weights_only=True)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(toy_root):
+    ann, images = coco_paths(toy_root, "train")
+    ds = CocoDetection(images, ann, val_transforms())
+    images, targets = collate([ds[i] for i in range(4)])
+    torch.manual_seed(0)
+    model = build_model("ssdlite", ds.num_classes).train()
+    criterion = MultiBoxLoss(BoxCoder(default_boxes(SSDLITE)))
+    optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=0.01, momentum=0.9)
+    scheduler = warmup_multistep(optimizer, 10, 0, [])
+    losses = []
+    for _ in range(8):
+        losses.append(train_step(model, criterion, optimizer, None, images, targets, torch.device("cpu"))["total"].item())
+        scheduler.step()
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_two_processes_match_one_process_over_the_same_global_batch(tmp_path):
+    one, two = tmp_path / "one.pt", tmp_path / "two.pt"
+    r1 = run([PY, "tests/ddp_step.py", str(one)])
+    assert r1.returncode == 0, r1.stderr
+    r2 = run([*TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}", "tests/ddp_step.py", str(two)])
+    assert r2.returncode == 0, r2.stderr
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
+    for name, g in a["grads"].items():
+        torch.testing.assert_close(b["grads"][name], g, atol=1e-5, rtol=1e-4, msg=name)
+    for name, w in a["weights"].items():
+        torch.testing.assert_close(b["weights"][name], w, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_two_nodes_on_loopback_complete_an_epoch(toy_root, tmp_path):
+    port = free_port()
+    node = [*TORCHRUN, "--nnodes=2", "--nproc_per_node=1", "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=toy"]
+    cmd = train_cmd(toy_root, tmp_path, "--batch-size", "2")[1:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*node, *cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert ckpt(tmp_path)["epoch"] == 1
+
+
+def test_resume_is_exact(toy_root, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run(train_cmd(toy_root, straight, epochs=2)).returncode == 0
+    assert run(train_cmd(toy_root, resumed, epochs=1)).returncode == 0
+    second = run(train_cmd(toy_root, resumed, epochs=2))
+    assert second.returncode == 0 and "Resuming" in second.stdout
+    a, b = ckpt(straight), ckpt(resumed)
+    assert a["epoch"] == b["epoch"] == 2 and a["iteration"] == b["iteration"]
+    for x, y in zip(a["history"], b["history"]):
+        assert (x["loss"], x["loc"], x["cls"]) == (y["loss"], y["loc"], y["cls"])
+    for name, w in a["model"].items():
+        assert torch.equal(w, b["model"][name]), name
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+
+
+def test_checkpoint_holds_everything_to_rebuild_and_resume(toy_root, tmp_path):
+    result = run(train_cmd(toy_root, tmp_path, eval_every=1))
+    assert result.returncode == 0, result.stderr
+    c = ckpt(tmp_path)
+    for key in ["model", "optimizer", "lr_scheduler", "scaler", "epoch", "iteration", "rng", "model_name",
+                "num_classes", "category_ids", "category_names", "args"]:
+        assert key in c
+    assert c["model_name"] == "ssdlite" and c["num_classes"] == 5 and c["category_ids"] == [2, 5, 9, 14]
+    assert set(c["rng"]) >= {"torch", "numpy", "python", "cuda"}
+    assert (tmp_path / "ssdlite_best.pth").exists()
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in result.stdout
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
+
+
+def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_command_continues(toy_root, tmp_path):
+    assert run(train_cmd(toy_root, tmp_path, epochs=1)).returncode == 0
+    cmd = train_cmd(toy_root, tmp_path, "--batch-size", "2", epochs=3)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while ckpt(tmp_path)["epoch"] < 2 and time.time() < deadline:  # let it save once more, then kill
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt(tmp_path)["epoch"] >= 2
+    again = run(cmd)
+    assert again.returncode == 0, again.stderr
+    assert "Resuming" in again.stdout and ckpt(tmp_path)["epoch"] == 3
+
+
+def test_torch_distributed_launch_form(toy_root, tmp_path):
+    result = run([PY, "-m", "torch.distributed.launch", "--nproc_per_node=1", f"--master_port={free_port()}",
+                  *train_cmd(toy_root, tmp_path)[1:]])
+    assert result.returncode == 0, result.stderr
+    assert ckpt(tmp_path)["epoch"] == 1
+
+
+@pytest.mark.parametrize("case", ["missing-data", "other-model", "other-classes", "unreadable"])
+def test_clear_errors(toy_root, tmp_path, case):
+    save = tmp_path / "save"
+    save.mkdir()
+    if case == "other-model":
+        torch.save({"model": {}, "optimizer": {}, "model_name": "ssd", "category_ids": [2, 5, 9, 14],
+                    "num_classes": 5}, save / "ssdlite.pth")
+    elif case == "other-classes":
+        torch.save({"model": {}, "optimizer": {}, "model_name": "ssdlite", "category_ids": [1, 2],
+                    "num_classes": 3}, save / "ssdlite.pth")
+    elif case == "unreadable":
+        (save / "ssdlite.pth").write_bytes(b"garbage")
+    before = (save / "ssdlite.pth").read_bytes() if case != "missing-data" else None
+    data = str(tmp_path / "nowhere") if case == "missing-data" else toy_root
+    result = run(train_cmd(data, save))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    if before is not None:
+        assert (save / "ssdlite.pth").read_bytes() == before  # never overwritten
+
+
+def test_non_finite_loss_stops_with_the_iteration_and_saves_nothing(toy_root, tmp_path):
+    result = run(train_cmd(toy_root, tmp_path, "--lr", "1e12", "--warmup", "0", epochs=2))
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("train.py: error: non-finite loss") and "at iteration" in last
+    assert not (tmp_path / "ssdlite.pth").exists()

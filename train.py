@@ -1,0 +1,250 @@
+"""Train SSD300-ResNet50 or SSDLite-MobileNetV2 on COCO 2017 or any COCO-format dataset.
+
+    python train.py --model ssdlite --batch-size 32                    # one GPU, or the CPU
+    torchrun --nproc_per_node=8 train.py --model ssd --batch-size 32 --amp
+
+Run the same command again after a stop: training continues from <save-folder>/<model>.pth.
+"""
+import argparse
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
+
+from src.box_coder import BoxCoder
+from src.checkpoint import load_model_weights, read_checkpoint, save_atomic
+from src.coco_eval import coco_evaluate, to_coco_results
+from src.dataset import CocoDetection, coco_paths, collate, eval_loader
+from src.default_boxes import default_boxes
+from src.distributed import broadcast_object, cleanup, gather_lists, init_distributed, is_main_process
+from src.engine import predict, train_one_epoch
+from src.errors import CheckpointError, DatasetError, UserError
+from src.loss import MultiBoxLoss
+from src.model import build_model
+from src.optim import param_groups, scaled_lr, warmup_multistep
+from src.postprocess import Postprocessor
+from src.specs import MODEL_NAMES, get_spec
+from src.transforms import train_transforms, val_transforms
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-path", default="/coco", help="root with annotations/, train2017/, val2017/")
+    p.add_argument("--save-folder", default="trained_models", help="where <model>.pth is written")
+    p.add_argument("--log-path", default=None, help="TensorBoard folder (default: runs/<model>)")
+    p.add_argument("--model", choices=MODEL_NAMES, default="ssd")
+    p.add_argument("--epochs", type=int, default=65)
+    p.add_argument("--batch-size", type=int, default=32, help="images per process and step")
+    p.add_argument("--multistep", type=int, nargs="*", default=[43, 54], help="epochs at which lr drops 10x")
+    p.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
+    p.add_argument("--lr", type=float, default=2.6e-3, help="for 32 images a step; scaled by the global batch")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv weights, not on BN or biases")
+    p.add_argument("--warmup", type=int, default=300, help="iterations of linear warm-up")
+    p.add_argument("--nms-threshold", type=float, default=0.5)
+    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-pretrained-backbone", action="store_true", help="do not load ImageNet weights")
+    p.add_argument("--eval-every", type=int, default=1, help="COCO mAP every N epochs; 0 turns it off")
+    p.add_argument("--dist-timeout", type=float, default=600, help="seconds before a stalled rank fails")
+    # torch.distributed.launch passes --local-rank (or --local_rank); torchrun sets LOCAL_RANK
+    p.add_argument("--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].copy()),
+            "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def build_datasets(args):
+    if not os.path.isdir(args.data_path):
+        raise DatasetError(f"dataset folder {args.data_path} not found (set --data-path)")
+    train_ann, train_images = coco_paths(args.data_path, "train")
+    val_ann, val_images = coco_paths(args.data_path, "val")
+    train = CocoDetection(train_images, train_ann, train_transforms())
+    val = CocoDetection(val_images, val_ann, val_transforms())
+    if train.category_ids != val.category_ids:
+        raise DatasetError(f"train and val annotations of {args.data_path} list different categories")
+    return train, val
+
+
+def create_model(args, num_classes: int, resuming: bool):
+    pretrained = not args.no_pretrained_backbone and not resuming  # a resumed run has its weights
+    try:
+        return build_model(args.model, num_classes, pretrained_backbone=pretrained)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        torch_home = os.environ.get("TORCH_HOME", "~/.cache/torch")
+        raise UserError(f"could not get the ImageNet weights of the backbone ({e}); train with "
+                        f"--no-pretrained-backbone, or place the weight file in {torch_home}/hub/checkpoints "
+                        "(TORCH_HOME sets that folder)") from None
+
+
+def checkpoint_path(args) -> str:
+    return os.path.join(args.save_folder, f"{args.model}.pth")
+
+
+def read_resume_checkpoint(args, dataset):
+    """Our own checkpoint of this run, checked against the model and the dataset, or None."""
+    path = checkpoint_path(args)
+    if not os.path.exists(path):
+        return None
+    ckpt = read_checkpoint(path)
+    if "model_name" not in ckpt or "optimizer" not in ckpt:
+        raise CheckpointError(f"{path} is not a training checkpoint of this project: move it away "
+                              "or choose another --save-folder")
+    if ckpt["model_name"] != args.model:
+        raise CheckpointError(f"{path} is a {ckpt['model_name']} checkpoint, not {args.model}: "
+                              f"use --model {ckpt['model_name']} or another --save-folder")
+    if list(ckpt["category_ids"]) != dataset.category_ids:
+        raise CheckpointError(f"{path} was trained on {ckpt['num_classes'] - 1} other categories than the "
+                              f"{dataset.num_classes - 1} of {args.data_path}: choose another --save-folder")
+    return ckpt
+
+
+def restore(ckpt, model, optimizer, lr_scheduler, scaler, path):
+    load_model_weights(model, ckpt["model"], path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+
+
+def save_checkpoint(path, args, model, optimizer, lr_scheduler, scaler, dataset, epoch, best_map, history):
+    for name, p in model.state_dict().items():
+        if p.is_floating_point() and not torch.isfinite(p).all():
+            raise UserError(f"weights became non-finite ({name}): not saving over {path}")
+    save_atomic({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "lr_scheduler": lr_scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+        "epoch": epoch, "iteration": lr_scheduler.last_epoch, "rng": rng_states(),
+        "model_name": args.model, "num_classes": dataset.num_classes,
+        "category_ids": dataset.category_ids, "category_names": dataset.category_names,
+        "best_map": best_map, "history": history, "args": vars(args),
+    }, path)
+
+
+def evaluate_coco(model, postprocess, val_set, args, device, rank, world_size):
+    """Sharded prediction, gathered on every rank; the main process runs COCOeval."""
+    loader = eval_loader(val_set, args.batch_size, args.num_workers, rank, world_size, device.type == "cuda")
+    detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=args.amp)
+    results = gather_lists(to_coco_results(detections, image_ids, sizes, val_set.category_ids))
+    stats = coco_evaluate(val_set.coco, results) if is_main_process() else None
+    return broadcast_object(stats), results
+
+
+def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):
+    from src.dataset import read_rgb
+    for image_id in val_set.ids[:count]:
+        image = read_rgb(val_set.image_path(image_id))
+        dets = [r for r in results if r["image_id"] == image_id and r["score"] >= min_score]
+        boxes = torch.tensor([r["bbox"] for r in dets], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        names = val_set.category_names
+        labels = [f"{names[val_set.category_ids.index(r['category_id'])]} {r['score']:.2f}" for r in dets]
+        writer.add_image_with_boxes(f"val/{image_id}", image, boxes, epoch, labels=labels or None)
+
+
+def main(args):
+    rank, _, world_size, device = init_distributed(args.device, args.dist_timeout)
+    main_process = rank == 0
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed_everything(args.seed + rank)
+    train_set, val_set = build_datasets(args)
+    if len(train_set) < args.batch_size * world_size:
+        raise DatasetError(f"{len(train_set)} training images are fewer than one global batch "
+                           f"({args.batch_size} x {world_size}): lower --batch-size")
+    ckpt = read_resume_checkpoint(args, train_set)
+
+    model = create_model(args, train_set.num_classes, resuming=ckpt is not None).to(device)
+    coder = BoxCoder(default_boxes(get_spec(args.model)).to(device))
+    criterion = MultiBoxLoss(coder)
+    postprocess = Postprocessor(coder, nms_threshold=args.nms_threshold)
+    lr = scaled_lr(args.lr, args.batch_size, world_size)
+    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum)
+    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
+                                 seed=args.seed, drop_last=True)
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=args.num_workers > 0)
+    lr_scheduler = warmup_multistep(optimizer, len(loader), args.warmup, args.multistep)
+    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
+
+    start_epoch, best_map, history = 0, 0.0, []
+    if ckpt is not None:
+        restore(ckpt, model, optimizer, lr_scheduler, scaler, checkpoint_path(args))
+        start_epoch, best_map, history = ckpt["epoch"], ckpt["best_map"], ckpt["history"]
+        if main_process:
+            print(f"Resuming from {checkpoint_path(args)}: {start_epoch} epochs done")
+    del ckpt
+    model_without_ddp = model
+    if world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = None
+    if main_process:
+        log_dir = args.log_path or os.path.join("runs", args.model)
+        writer = SummaryWriter(log_dir, purge_step=lr_scheduler.last_epoch or None)
+        print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "
+              f"images, {world_size} process(es) on {device.type}, lr {lr:g}, TensorBoard in {log_dir}")
+
+    for epoch in range(start_epoch, args.epochs):
+        seed_everything(args.seed + 1000 * epoch + rank)  # exact resume at any epoch boundary
+        sampler.set_epoch(epoch)
+        stats = train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, device, epoch,
+                                amp=args.amp, writer=writer, desc=f"epoch {epoch + 1}/{args.epochs}")
+        coco_stats = None
+        if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+            coco_stats, results = evaluate_coco(model_without_ddp, postprocess, val_set, args, device,
+                                                rank, world_size)
+        history.append({"epoch": epoch + 1, **stats, **(coco_stats or {})})
+        if main_process:
+            report_epoch(writer, epoch, stats, coco_stats)
+            if coco_stats is not None:
+                log_val_images(writer, val_set, results, epoch)
+            improved = coco_stats is not None and coco_stats["AP"] >= best_map
+            best_map = max(best_map, coco_stats["AP"]) if coco_stats else best_map
+            save_checkpoint(checkpoint_path(args), args, model_without_ddp, optimizer, lr_scheduler, scaler,
+                            train_set, epoch + 1, best_map, history)
+            if improved:
+                save_checkpoint(os.path.join(args.save_folder, f"{args.model}_best.pth"), args, model_without_ddp,
+                                optimizer, lr_scheduler, scaler, train_set, epoch + 1, best_map, history)
+    if writer is not None:
+        writer.close()
+    cleanup()
+
+
+def report_epoch(writer, epoch, stats, coco_stats):
+    line = (f"epoch {epoch + 1}: loss {stats['loss']:.4f} (loc {stats['loc']:.4f}, cls {stats['cls']:.4f}), "
+            f"{stats['images_per_s']:.1f} images/s")
+    if coco_stats is not None:
+        line += f", AP {coco_stats['AP']:.4f}, AP50 {coco_stats['AP50']:.4f}"
+        for name, value in coco_stats.items():
+            writer.add_scalar(f"coco/{name}", value, epoch + 1)
+    writer.add_scalar("epoch/loss", stats["loss"], epoch + 1)
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    arguments = get_args_parser().parse_args()
+    if arguments.local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(arguments.local_rank))
+    try:
+        main(arguments)
+    except UserError as error:
+        print(f"train.py: error: {error}", file=sys.stderr)
+        sys.exit(1)
