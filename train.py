@@ -8,7 +8,6 @@ Run the same command again after a stop: training continues from <save-folder>/<
 import argparse
 import os
 import random
-import sys
 
 import numpy as np
 import torch
@@ -18,11 +17,11 @@ from torch.utils.tensorboard import SummaryWriter
 
 from src.box_coder import BoxCoder
 from src.checkpoint import load_model_weights, read_checkpoint, save_atomic
-from src.coco_eval import coco_evaluate, to_coco_results
-from src.dataset import CocoDetection, coco_paths, collate, eval_loader
+from src.cli import run_cli
+from src.dataset import CocoDetection, coco_paths, collate, read_rgb
 from src.default_boxes import default_boxes
-from src.distributed import broadcast_object, cleanup, gather_lists, init_distributed, is_main_process
-from src.engine import predict, train_one_epoch
+from src.distributed import cleanup, init_distributed
+from src.engine import evaluate, train_one_epoch
 from src.errors import CheckpointError, DatasetError, UserError
 from src.loss import MultiBoxLoss
 from src.model import build_model
@@ -137,17 +136,7 @@ def save_checkpoint(path, args, model, optimizer, lr_scheduler, scaler, dataset,
     }, path)
 
 
-def evaluate_coco(model, postprocess, val_set, args, device, rank, world_size):
-    """Sharded prediction, gathered on every rank; the main process runs COCOeval."""
-    loader = eval_loader(val_set, args.batch_size, args.num_workers, rank, world_size, device.type == "cuda")
-    detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=args.amp)
-    results = gather_lists(to_coco_results(detections, image_ids, sizes, val_set.category_ids))
-    stats = coco_evaluate(val_set.coco, results) if is_main_process() else None
-    return broadcast_object(stats), results
-
-
 def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):
-    from src.dataset import read_rgb
     for image_id in val_set.ids[:count]:
         image = read_rgb(val_set.image_path(image_id))
         dets = [r for r in results if r["image_id"] == image_id and r["score"] >= min_score]
@@ -209,8 +198,9 @@ def main(args):
                                 amp=args.amp, writer=writer, desc=f"epoch {epoch + 1}/{args.epochs}")
         coco_stats = None
         if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            coco_stats, results = evaluate_coco(model_without_ddp, postprocess, val_set, args, device,
-                                                rank, world_size)
+            coco_stats, results = evaluate(model_without_ddp, postprocess, val_set, device, val_set.category_ids,
+                                           batch_size=args.batch_size, num_workers=args.num_workers,
+                                           amp=args.amp, rank=rank, world_size=world_size)
         history.append({"epoch": epoch + 1, **stats, **(coco_stats or {})})
         if main_process:
             report_epoch(writer, epoch, stats, coco_stats)
@@ -243,8 +233,4 @@ if __name__ == "__main__":
     arguments = get_args_parser().parse_args()
     if arguments.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(arguments.local_rank))
-    try:
-        main(arguments)
-    except UserError as error:
-        print(f"train.py: error: {error}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main, arguments)

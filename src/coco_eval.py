@@ -39,7 +39,7 @@ def coco_evaluate(coco_gt: COCO, results: list[dict], verbose: bool = True) -> d
             print("No detections: every COCO stat is 0.")
         return dict.fromkeys(STAT_NAMES, 0.0)
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_dt = coco_gt.loadRes(results)
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])  # loadRes adds keys to what it is given
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
         evaluator.params.imgIds = sorted(coco_gt.getImgIds())
         evaluator.evaluate()

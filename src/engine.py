@@ -6,7 +6,9 @@ import torch
 from tqdm import tqdm
 
 from .box_coder import pad_targets
-from .distributed import all_reduce_mean, is_main_process
+from .coco_eval import coco_evaluate, to_coco_results
+from .dataset import eval_loader
+from .distributed import all_reduce_mean, broadcast_object, gather_lists, is_main_process
 from .errors import NonFiniteLossError
 
 
@@ -102,3 +104,20 @@ def predict(model, postprocess, loader, device, *, amp=False, desc="eval"):
         image_ids += [t["image_id"] for t in targets]
         sizes += [t["orig_size"] for t in targets]
     return detections, image_ids, sizes
+
+
+def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32, num_workers=4, amp=False,
+             rank=0, world_size=1):
+    """COCO mAP of ``model`` on ``dataset`` (every image, those without annotations included).
+
+    Each rank predicts its own shard; the detections are gathered and the main process runs
+    COCOeval and prints the 12-line summary.
+    :param category_ids: dataset category id of each label 1..K
+    :return: ``(stats, results)``: the 12 COCO stats (on every rank) and all detections in
+        COCO results format (pixels, ltwh)
+    """
+    loader = eval_loader(dataset, batch_size, num_workers, rank, world_size, pin_memory=device.type == "cuda")
+    detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=amp)
+    results = gather_lists(to_coco_results(detections, image_ids, sizes, category_ids))
+    stats = coco_evaluate(dataset.coco, results) if is_main_process() else None
+    return broadcast_object(stats), results

@@ -1,0 +1,50 @@
+"""What the command-line scripts share: detector flags, and errors as one line."""
+import argparse
+import os
+import sys
+
+import torch
+
+from .errors import UserError
+from .specs import MODEL_NAMES
+
+
+def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
+    """Flags of every inference script (the original's underscore spellings work too)."""
+    p.add_argument("--pretrained-model", "--pretrained_model", default=None,
+                   help="checkpoint: ours, the original's SSD.pth or NVIDIA's (default trained_models/<model>.pth)")
+    p.add_argument("--model", choices=MODEL_NAMES, default=None,
+                   help="only needed when no checkpoint is given; read from the checkpoint otherwise")
+    p.add_argument("--cls-threshold", "--cls_threshold", type=float, default=cls_threshold,
+                   help="minimum score of a detection")
+    p.add_argument("--nms-threshold", "--nms_threshold", type=float, default=0.5)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+
+
+def checkpoint_from_args(args) -> str:
+    """--pretrained-model, or trained_models/<model>.pth, or the one checkpoint found there."""
+    if args.pretrained_model:
+        return args.pretrained_model
+    names = [args.model] if args.model else list(MODEL_NAMES)
+    for name in names:
+        path = os.path.join("trained_models", f"{name}.pth")
+        if os.path.exists(path):
+            return path
+    raise UserError(f"no checkpoint at trained_models/{names[0]}.pth: pass --pretrained-model PATH")
+
+
+def run_cli(main, args):
+    """Run ``main(args)``; a :class:`UserError` becomes one line on stderr and exit status 1."""
+    prog = os.path.basename(sys.argv[0])
+    try:
+        return main(args)
+    except UserError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except BrokenPipeError:  # output piped into e.g. head, which has exited
+        sys.stdout = open(os.devnull, "w")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,37 @@
+"""The one drawing function of the inference scripts."""
+import colorsys
+
+import cv2
+import numpy as np
+
+
+def class_color(label: int) -> tuple[int, int, int]:
+    """A distinct, stable BGR colour per class (golden-ratio hue steps)."""
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 0.95)
+    return int(255 * b), int(255 * g), int(255 * r)
+
+
+def draw_detections(image_bgr: np.ndarray, detections) -> np.ndarray:
+    """Draw each detection's box and a "name : score" label on a copy of ``image_bgr``.
+
+    The label sits above its box, or inside it at the top edge of the image, and is
+    shifted left so that it never leaves the image.
+    :param detections: a :class:`~src.detector.Detections` (boxes in pixels of this image)
+    """
+    out = image_bgr.copy()
+    h, w = out.shape[:2]
+    thickness = max(1, round(min(h, w) / 300))
+    font_scale = max(0.4, min(h, w) / 900)
+    for box, label, score, name in zip(detections.boxes.tolist(), detections.labels.tolist(),
+                                       detections.scores.tolist(), detections.names):
+        color = class_color(label)
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(out, (x1, y1), (x2, y2), color, thickness)
+        text = f"{name} : {score:.2f}"
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        tx = min(max(0, x1), max(0, w - tw - 2))
+        ty = y1 - th - base - 2 if y1 - th - base - 2 >= 0 else min(max(0, y1), max(0, h - th - base - 2))
+        cv2.rectangle(out, (tx, ty), (tx + tw + 2, ty + th + base + 2), color, -1)
+        cv2.putText(out, text, (tx + 1, ty + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    return out

@@ -1,0 +1,124 @@
+"""Detect objects in a video file or a camera stream and write the annotated video.
+
+    python test_video.py --pretrained-model trained_models/ssd.pth --input clip.mp4 --output out.mp4
+    python test_video.py --input 0 --output webcam.avi --display
+"""
+import argparse
+import math
+import os
+import time
+
+import cv2
+from tqdm import tqdm
+
+from src.cli import add_detector_args, checkpoint_from_args, run_cli
+from src.detector import Detector, bgr_to_tensor
+from src.draw import draw_detections
+from src.errors import UserError
+
+CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_detector_args(p, cls_threshold=0.3)
+    p.add_argument("--input", required=True, help="a video file, or a camera index such as 0")
+    p.add_argument("--output", help="output video, .mp4 or .avi (default: beside the input, _prediction)")
+    p.add_argument("--batch-size", type=int, default=4, help="frames per forward pass")
+    p.add_argument("--display", action="store_true", help="also show the frames in a window")
+    return p
+
+
+def open_reader(source: str):
+    if source.isdigit():
+        cap = cv2.VideoCapture(int(source))
+    elif not os.path.isfile(source):
+        raise UserError(f"input video {source} does not exist")
+    else:
+        cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+        raise UserError(f"cannot open {source} as a video or camera")
+    return cap
+
+
+def output_path(args) -> str:
+    if args.output:
+        out = args.output
+    elif args.input.isdigit():
+        out = f"camera{args.input}_prediction.mp4"
+    else:
+        stem, ext = os.path.splitext(args.input)
+        out = f"{stem}_prediction{ext if ext.lower() in CODECS else '.mp4'}"
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in CODECS:
+        raise UserError(f"output {out}: use a .mp4 or .avi file name")
+    if os.path.exists(args.input) and os.path.abspath(out) == os.path.abspath(args.input):
+        raise UserError(f"output {out} is the input itself: choose another --output")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UserError(f"output folder {folder} does not exist or is not writable")
+    return out
+
+
+def open_writer(path, fps, width, height):
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*CODECS[os.path.splitext(path)[1].lower()]),
+                             fps, (width, height))
+    if not writer.isOpened():
+        raise UserError(f"cannot write video {path}")
+    return writer
+
+
+def can_display() -> bool:
+    return os.name == "nt" or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def read_frames(cap, n):
+    frames = []
+    while len(frames) < n:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    return frames
+
+
+def main(args):
+    out_path = output_path(args)
+    cap = open_reader(args.input)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    fps = fps if fps and math.isfinite(fps) and fps > 0 else 25.0
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    detector = Detector.from_checkpoint(checkpoint_from_args(args), args.model, args.device,
+                                        cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
+                                        amp=args.amp)
+    display = args.display and can_display()
+    if args.display and not display:
+        print("no display found: --display ignored")
+    writer = open_writer(out_path, fps, width, height)
+    count, start = 0, time.perf_counter()
+    try:
+        with tqdm(total=total, unit="frame", dynamic_ncols=True) as bar:
+            while frames := read_frames(cap, args.batch_size):
+                for frame, dets in zip(frames, detector([bgr_to_tensor(f) for f in frames])):
+                    drawn = draw_detections(frame, dets)
+                    writer.write(drawn)
+                    if display:
+                        cv2.imshow("SSD", drawn)
+                        if cv2.waitKey(1) & 0xFF == ord("q"):
+                            raise KeyboardInterrupt
+                count += len(frames)
+                bar.update(len(frames))
+                bar.set_postfix(fps=f"{count / (time.perf_counter() - start):.1f}")
+    finally:
+        cap.release()
+        writer.release()
+        if display:
+            cv2.destroyAllWindows()
+    if count == 0:
+        raise UserError(f"no frame could be decoded from {args.input}")
+    print(f"{count} frames written to {out_path} at {fps:g} fps")
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())

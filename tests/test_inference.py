@@ -1,0 +1,241 @@
+"""test_dataset.py, test_image.py and test_video.py end to end on the CPU, from our own
+checkpoint and from checkpoints in the original's and NVIDIA's forms."""
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from src.box_coder import BoxCoder
+from src.coco_eval import STAT_NAMES
+from src.dataset import CocoDetection, coco_paths
+from src.default_boxes import default_boxes
+from src.detector import Detector, load_checkpoint_model
+from src.engine import evaluate
+from src.postprocess import Postprocessor
+from src.specs import SSDLITE
+from src.transforms import val_transforms
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+
+
+def run(*cmd):
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run([PY, *cmd], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def ours(toy_root, tmp_path_factory):
+    """A checkpoint written by train.py (one short epoch)."""
+    save = tmp_path_factory.mktemp("trained")
+    result = run("train.py", "--data-path", toy_root, "--save-folder", str(save), "--log-path", str(save / "tb"),
+                 "--model", "ssdlite", "--batch-size", "4", "--epochs", "1", "--num-workers", "0",
+                 "--no-pretrained-backbone", "--eval-every", "0")
+    assert result.returncode == 0, result.stderr
+    return str(save / "ssdlite.pth")
+
+
+@pytest.fixture(scope="session")
+def published(kit_state_dict, tmp_path_factory):
+    """SSD300 checkpoints in the original's and NVIDIA's (DDP-prefixed) forms, made by the kit's recipe."""
+    folder = tmp_path_factory.mktemp("published")
+    state = kit_state_dict("ssd")
+    paths = {"original": str(folder / "SSD.pth"), "nvidia": str(folder / "nvidia_ssdpyt_amp.pt")}
+    torch.save({"epoch": 54, "model_state_dict": state, "optimizer": {}, "scheduler": {}}, paths["original"])
+    torch.save({"epoch": 65, "model": {"module." + k: v for k, v in state.items()}, "label_map": {}},
+               paths["nvidia"])
+    return paths
+
+
+@pytest.fixture()
+def clip(toy_root, tmp_path):
+    """A 7-frame 320x240 mp4 made from the toy val images, at 12.5 fps."""
+    path = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), 12.5, (320, 240))
+    folder = coco_paths(toy_root, "val")[1]
+    for name in sorted(os.listdir(folder)) + sorted(os.listdir(folder))[:1]:
+        writer.write(cv2.imread(os.path.join(folder, name)))
+    writer.release()
+    return path
+
+
+def val_image(toy_root, tmp_path, index=0):
+    folder = coco_paths(toy_root, "val")[1]
+    src = os.path.join(folder, sorted(os.listdir(folder))[index])
+    dst = tmp_path / f"photo{index}.jpg"
+    dst.write_bytes(open(src, "rb").read())
+    return str(dst)
+
+
+def test_image_from_our_checkpoint_default_output_and_json(ours, toy_root, tmp_path):
+    photo = val_image(toy_root, tmp_path)
+    before = open(photo, "rb").read()
+    result = run("test_image.py", "--pretrained-model", ours, "--input", photo, "--json", str(tmp_path / "d.json"),
+                 "--cls-threshold", "0.01")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "photo0_prediction.jpg"
+    assert cv2.imread(str(out)).shape == (240, 320, 3)
+    assert open(photo, "rb").read() == before
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report[0]["input"] == photo and len(report[0]["detections"]) > 0
+    d = report[0]["detections"][0]
+    assert set(d) == {"label", "name", "score", "box"} and d["name"] in {"circle", "square", "triangle", "cross"}
+
+
+@pytest.mark.parametrize("form", ["original", "nvidia"])
+def test_image_folder_from_published_checkpoints(form, published, toy_root, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        os.replace(val_image(toy_root, tmp_path, i), inputs / f"p{i}.jpg")
+    result = run("test_image.py", "--pretrained-model", published[form], "--input", str(inputs),
+                 "--output", str(tmp_path / "out"), "--cls-threshold", "0.01")
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["p0_prediction.jpg", "p1_prediction.jpg"]
+
+
+def test_video_keeps_size_frames_and_fps(ours, clip, tmp_path):
+    result = run("test_video.py", "--pretrained-model", ours, "--input", clip, "--output", str(tmp_path / "o.avi"))
+    assert result.returncode == 0, result.stderr
+    cap = cv2.VideoCapture(str(tmp_path / "o.avi"))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == 7
+    assert (cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (320, 240)
+    assert abs(cap.get(cv2.CAP_PROP_FPS) - 12.5) < 0.01
+
+
+def test_dataset_script_json_and_pictures(ours, toy_root, tmp_path):
+    result = run("test_dataset.py", "--pretrained-model", ours, "--data-path", toy_root, "--num-workers", "0",
+                 "--json", str(tmp_path / "r.json"), "--output", str(tmp_path / "pics"), "--cls-threshold", "0.01")
+    assert result.returncode == 0, result.stderr
+    summary = [line for line in result.stdout.splitlines() if line.startswith(" Average")]
+    assert len(summary) == 12
+    results = json.loads((tmp_path / "r.json").read_text())
+    assert results
+    for r in results:
+        assert set(r) == {"image_id", "category_id", "bbox", "score"}
+        assert r["category_id"] in {2, 5, 9, 14} and len(r["bbox"]) == 4 and 0 <= r["score"] <= 1
+    assert len(os.listdir(tmp_path / "pics")) == 6
+
+
+def test_dataset_script_on_any_coco_json_with_a_published_checkpoint(published, toy_root):
+    # an 81-class NVIDIA checkpoint on a set whose ids are COCO ids (2 bicycle, 5 airplane, ...)
+    ann, images = coco_paths(toy_root, "val")
+    result = run("test_dataset.py", "--pretrained-model", published["nvidia"], "--annotations", ann,
+                 "--images", images, "--num-workers", "0", "--batch-size", "3")
+    assert result.returncode == 0, result.stderr
+    assert "ssd, 80 classes" in result.stdout
+
+
+class GroundTruthModel(torch.nn.Module):
+    """Outputs that reproduce the ground truth of each image, in loader order."""
+
+    def __init__(self, dataset, coder):
+        super().__init__()
+        self.spec = SSDLITE
+        self.outputs, self.calls = [], 0
+        for i in range(len(dataset)):
+            target = dataset[i][1]
+            boxes, labels = coder.match_one(target["boxes"], target["labels"])
+            plabel = torch.full((dataset.num_classes, coder.num_boxes), -20.0)
+            plabel[labels, torch.arange(coder.num_boxes)] = 20.0
+            self.outputs.append((coder.encode(boxes).T, plabel))
+
+    def forward(self, images):
+        batch = self.outputs[self.calls:self.calls + len(images)]
+        self.calls += len(images)
+        return torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+
+
+def test_map_is_one_when_the_detections_are_the_ground_truth(toy_root):
+    ann, images = coco_paths(toy_root, "val")
+    dataset = CocoDetection(images, ann, val_transforms())
+    coder = BoxCoder(default_boxes(SSDLITE))
+    model = GroundTruthModel(dataset, coder)
+    stats, results = evaluate(model, Postprocessor(coder), dataset, torch.device("cpu"), dataset.category_ids,
+                              batch_size=4, num_workers=0)
+    assert list(stats) == STAT_NAMES
+    assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0)
+
+
+def test_detector_scales_boxes_to_each_image(ours):
+    detector = Detector.from_checkpoint(ours, cls_threshold=0.0)
+    small, big = torch.zeros(3, 50, 80, dtype=torch.uint8), torch.zeros(3, 500, 200, dtype=torch.uint8)
+    a, b = detector([small, big])
+    assert a.boxes[:, 0::2].max() <= 80 and a.boxes[:, 1::2].max() <= 50
+    assert b.boxes[:, 0::2].max() <= 200 and b.boxes[:, 1::2].max() <= 500
+    assert len(a.names) == len(a.scores)
+
+
+def test_architecture_and_categories_come_from_the_checkpoint(ours, published):
+    model, ids, names = load_checkpoint_model(ours)
+    assert model.spec.name == "ssdlite" and ids == [2, 5, 9, 14] and names[0] == "circle"
+    model, ids, names = load_checkpoint_model(published["original"])
+    assert model.spec.name == "ssd" and len(names) == 80 and names[0] == "person" and ids[-1] == 90
+
+
+def _bad_files(tmp_path, ours):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 broken")
+    truncated = tmp_path / "trunc.pth"
+    truncated.write_bytes(open(ours, "rb").read()[:5000])
+    not_ckpt = tmp_path / "notckpt.pth"
+    not_ckpt.write_bytes(b"\x80\x04 garbage")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    return {"text": str(text), "corrupt": str(corrupt), "truncated": str(truncated), "not_ckpt": str(not_ckpt),
+            "unwritable": str(blocker / "sub")}
+
+
+@pytest.mark.parametrize("script, case", [
+    ("test_image.py", "missing-input"), ("test_image.py", "not-an-image"), ("test_image.py", "corrupt-image"),
+    ("test_image.py", "unwritable-output"), ("test_image.py", "missing-checkpoint"),
+    ("test_image.py", "truncated-checkpoint"), ("test_image.py", "not-a-checkpoint"),
+    ("test_image.py", "wrong-architecture"), ("test_image.py", "output-is-input"),
+    ("test_video.py", "missing-input"), ("test_video.py", "not-a-video"), ("test_video.py", "unwritable-output"),
+    ("test_video.py", "truncated-checkpoint"),
+    ("test_dataset.py", "missing-input"), ("test_dataset.py", "unwritable-output"),
+    ("test_dataset.py", "wrong-architecture"),
+])
+def test_bad_input_fails_with_one_line(script, case, ours, toy_root, tmp_path, clip):
+    bad = _bad_files(tmp_path, ours)
+    photo = val_image(toy_root, tmp_path)
+    good_input = {"test_image.py": photo, "test_video.py": clip, "test_dataset.py": None}[script]
+    args = {"--pretrained-model": ours, "--input": good_input}
+    if script == "test_dataset.py":
+        del args["--input"]
+        args.update({"--data-path": toy_root, "--num-workers": "0"})
+    if case == "missing-input":
+        args["--input" if script != "test_dataset.py" else "--data-path"] = str(tmp_path / "nothing_here.jpg")
+    elif case in ("not-an-image", "not-a-video"):
+        args["--input"] = bad["text"]
+    elif case == "corrupt-image":
+        args["--input"] = bad["corrupt"]
+    elif case == "unwritable-output":
+        args["--output"] = bad["unwritable"] + (".mp4" if script == "test_video.py" else "")
+    elif case == "missing-checkpoint":
+        args["--pretrained-model"] = str(tmp_path / "none.pth")
+    elif case == "truncated-checkpoint":
+        args["--pretrained-model"] = bad["truncated"]
+    elif case == "not-a-checkpoint":
+        args["--pretrained-model"] = bad["not_ckpt"]
+    elif case == "wrong-architecture":
+        args["--model"] = "ssd"
+    elif case == "output-is-input":
+        args["--output"] = photo
+    before = open(photo, "rb").read()
+    result = run(script, *[x for kv in args.items() for x in kv])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"{script}: error:"), result.stderr
+    assert open(photo, "rb").read() == before
