@@ -8,26 +8,29 @@ Run the same command again after a stop: training continues from <save-folder>/<
 import argparse
 import os
 import random
+import sys
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from src.box_coder import BoxCoder
 from src.checkpoint import load_model_weights, read_checkpoint, save_atomic
 from src.cli import run_cli
-from src.dataset import CocoDetection, coco_paths, collate, read_rgb
+from src.dataset import CocoDetection, ResumableSampler, coco_paths, collate, read_rgb
 from src.default_boxes import default_boxes
-from src.distributed import cleanup, init_distributed
-from src.engine import evaluate, train_one_epoch
+from src.distributed import cleanup, gather_lists, init_distributed
+from src.engine import epoch_summary, evaluate, train_one_epoch
 from src.errors import CheckpointError, DatasetError, UserError
 from src.loss import MultiBoxLoss
 from src.model import build_model
 from src.optim import param_groups, scaled_lr, warmup_multistep
 from src.postprocess import Postprocessor
 from src.specs import MODEL_NAMES, get_spec
+from src.stop import GracefulStop
 from src.transforms import train_transforms, val_transforms
 
 
@@ -41,10 +44,13 @@ def get_args_parser():
     p.add_argument("--batch-size", type=int, default=32, help="images per process and step")
     p.add_argument("--multistep", type=int, nargs="*", default=[43, 54], help="epochs at which lr drops 10x")
     p.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
+    p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster with --amp)")
     p.add_argument("--lr", type=float, default=2.6e-3, help="for 32 images a step; scaled by the global batch")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv weights, not on BN or biases")
     p.add_argument("--warmup", type=int, default=300, help="iterations of linear warm-up")
+    p.add_argument("--zoom-out", type=float, default=4.0,
+                   help="largest zoom-out (expand) of the augmentation; 1 turns it off")
     p.add_argument("--nms-threshold", type=float, default=0.5)
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -64,9 +70,19 @@ def seed_everything(seed: int):
 
 
 def rng_states() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(np.random.get_state()[1].copy()),
-            "numpy_pos": int(np.random.get_state()[2]), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    """This process's random states, as tensors and plain types (loadable with weights_only)."""
+    _, keys, pos, *_ = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.copy()), "numpy_pos": int(pos),
+            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict):
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(("MT19937", states["numpy"].numpy(), states["numpy_pos"], 0, 0.0))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def build_datasets(args):
@@ -74,7 +90,7 @@ def build_datasets(args):
         raise DatasetError(f"dataset folder {args.data_path} not found (set --data-path)")
     train_ann, train_images = coco_paths(args.data_path, "train")
     val_ann, val_images = coco_paths(args.data_path, "val")
-    train = CocoDetection(train_images, train_ann, train_transforms())
+    train = CocoDetection(train_images, train_ann, train_transforms(zoom_out=args.zoom_out))
     val = CocoDetection(val_images, val_ann, val_transforms())
     if train.category_ids != val.category_ids:
         raise DatasetError(f"train and val annotations of {args.data_path} list different categories")
@@ -114,25 +130,76 @@ def read_resume_checkpoint(args, dataset):
     return ckpt
 
 
-def restore(ckpt, model, optimizer, lr_scheduler, scaler, path):
-    load_model_weights(model, ckpt["model"], path)
-    optimizer.load_state_dict(ckpt["optimizer"])
-    lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
+@dataclass
+class Run:
+    """What one training run holds; ``model`` may be the DDP wrapper of ``model_without_ddp``."""
+    args: argparse.Namespace
+    rank: int
+    world_size: int
+    device: torch.device
+    train_set: CocoDetection
+    val_set: CocoDetection
+    model: torch.nn.Module
+    model_without_ddp: torch.nn.Module
+    criterion: MultiBoxLoss
+    postprocess: Postprocessor
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    sampler: ResumableSampler
+    loader: DataLoader
+    loader_seed: torch.Generator
+    writer: SummaryWriter | None = None
+    best_map: float = 0.0
+    history: list = field(default_factory=list)
 
 
-def save_checkpoint(path, args, model, optimizer, lr_scheduler, scaler, dataset, epoch, best_map, history):
+def build_run(args, rank, world_size, device, train_set, val_set, resuming) -> Run:
+    model = create_model(args, train_set.num_classes, resuming).to(device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    coder = BoxCoder(default_boxes(get_spec(args.model)).to(device))
+    lr = scaled_lr(args.lr, args.batch_size, world_size)
+    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum)
+    sampler = ResumableSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed,
+                               drop_last=True)
+    loader_seed = torch.Generator()  # seeds the workers; reseeded every epoch
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+                        collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
+                        persistent_workers=args.num_workers > 0, generator=loader_seed)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world_size > 1 else model
+    return Run(args, rank, world_size, device, train_set, val_set, ddp, model, MultiBoxLoss(coder),
+               Postprocessor(coder, nms_threshold=args.nms_threshold), optimizer,
+               warmup_multistep(optimizer, len(loader), args.warmup, args.multistep),
+               torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None,
+               sampler, loader, loader_seed)
+
+
+def restore(run: Run, ckpt: dict, path: str):
+    load_model_weights(run.model_without_ddp, ckpt["model"], path)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if run.scaler is not None and ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.best_map, run.history = ckpt["best_map"], ckpt["history"]
+
+
+def save_checkpoint(run: Run, path: str, epoch: int, progress=None, rng=None):
+    """``epoch``: whole epochs done; ``progress``: every rank's totals of the epoch in flight
+    when stopped mid-way, with ``rng`` every rank's random states at that point."""
+    model = run.model_without_ddp
     for name, p in model.state_dict().items():
         if p.is_floating_point() and not torch.isfinite(p).all():
             raise UserError(f"weights became non-finite ({name}): not saving over {path}")
+    args, data = run.args, run.train_set
     save_atomic({
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "lr_scheduler": lr_scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-        "epoch": epoch, "iteration": lr_scheduler.last_epoch, "rng": rng_states(),
-        "model_name": args.model, "num_classes": dataset.num_classes,
-        "category_ids": dataset.category_ids, "category_names": dataset.category_names,
-        "best_map": best_map, "history": history, "args": vars(args),
+        "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "lr_scheduler": run.lr_scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
+        "epoch": epoch, "iteration": run.lr_scheduler.last_epoch, "progress": progress,
+        "rng": rng or [rng_states()], "model_name": args.model, "num_classes": data.num_classes,
+        "category_ids": data.category_ids, "category_names": data.category_names,
+        "best_map": run.best_map, "history": run.history, "args": vars(args),
     }, path)
 
 
@@ -149,7 +216,6 @@ def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):
 
 def main(args):
     rank, _, world_size, device = init_distributed(args.device, args.dist_timeout)
-    main_process = rank == 0
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed_everything(args.seed + rank)
@@ -158,69 +224,84 @@ def main(args):
         raise DatasetError(f"{len(train_set)} training images are fewer than one global batch "
                            f"({args.batch_size} x {world_size}): lower --batch-size")
     ckpt = read_resume_checkpoint(args, train_set)
-
-    model = create_model(args, train_set.num_classes, resuming=ckpt is not None).to(device)
-    coder = BoxCoder(default_boxes(get_spec(args.model)).to(device))
-    criterion = MultiBoxLoss(coder)
-    postprocess = Postprocessor(coder, nms_threshold=args.nms_threshold)
-    lr = scaled_lr(args.lr, args.batch_size, world_size)
-    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum)
-    sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=args.seed, drop_last=True)
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
-                        collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=args.num_workers > 0)
-    lr_scheduler = warmup_multistep(optimizer, len(loader), args.warmup, args.multistep)
-    scaler = torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None
-
-    start_epoch, best_map, history = 0, 0.0, []
+    run = build_run(args, rank, world_size, device, train_set, val_set, resuming=ckpt is not None)
+    start_epoch, progress, rng = 0, None, None
     if ckpt is not None:
-        restore(ckpt, model, optimizer, lr_scheduler, scaler, checkpoint_path(args))
-        start_epoch, best_map, history = ckpt["epoch"], ckpt["best_map"], ckpt["history"]
-        if main_process:
-            print(f"Resuming from {checkpoint_path(args)}: {start_epoch} epochs done")
+        restore(run, ckpt, checkpoint_path(args))
+        start_epoch, progress, rng = ckpt["epoch"], ckpt.get("progress"), ckpt["rng"]
+        if rank == 0:
+            done = f", {progress[0]['batches']} iterations into epoch {start_epoch + 1}" if progress else ""
+            print(f"Resuming from {checkpoint_path(args)}: {start_epoch} epochs done{done}")
     del ckpt
-    model_without_ddp = model
-    if world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    writer = None
-    if main_process:
+    if rank == 0:
         log_dir = args.log_path or os.path.join("runs", args.model)
-        writer = SummaryWriter(log_dir, purge_step=lr_scheduler.last_epoch or None)
+        run.writer = SummaryWriter(log_dir, purge_step=run.lr_scheduler.last_epoch or None)
         print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "
-              f"images, {world_size} process(es) on {device.type}, lr {lr:g}, TensorBoard in {log_dir}")
-
+              f"images, {world_size} process(es) on {device.type}, lr {run.optimizer.param_groups[0]['lr']:g}, "
+              f"TensorBoard in {log_dir}")
+    stopper = GracefulStop().install()
     for epoch in range(start_epoch, args.epochs):
-        seed_everything(args.seed + 1000 * epoch + rank)  # exact resume at any epoch boundary
-        sampler.set_epoch(epoch)
-        stats = train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, device, epoch,
-                                amp=args.amp, writer=writer, desc=f"epoch {epoch + 1}/{args.epochs}")
-        coco_stats = None
-        if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-            coco_stats, results = evaluate(model_without_ddp, postprocess, val_set, device, val_set.category_ids,
-                                           batch_size=args.batch_size, num_workers=args.num_workers,
-                                           amp=args.amp, rank=rank, world_size=world_size)
-        history.append({"epoch": epoch + 1, **stats, **(coco_stats or {})})
-        if main_process:
-            report_epoch(writer, epoch, stats, coco_stats)
-            if coco_stats is not None:
-                log_val_images(writer, val_set, results, epoch)
-            improved = coco_stats is not None and coco_stats["AP"] >= best_map
-            best_map = max(best_map, coco_stats["AP"]) if coco_stats else best_map
-            save_checkpoint(checkpoint_path(args), args, model_without_ddp, optimizer, lr_scheduler, scaler,
-                            train_set, epoch + 1, best_map, history)
-            if improved:
-                save_checkpoint(os.path.join(args.save_folder, f"{args.model}_best.pth"), args, model_without_ddp,
-                                optimizer, lr_scheduler, scaler, train_set, epoch + 1, best_map, history)
-    if writer is not None:
-        writer.close()
+        mine = rank if progress and len(progress) == world_size else 0
+        if not train_epoch(run, epoch, stopper, progress[mine] if progress else None, rng[mine] if progress else None):
+            break
+        progress = None
+        if stopper.requested:
+            if rank == 0:
+                print(f"Stopped after epoch {epoch + 1}; run the same command to continue.")
+            break
+    stopper.uninstall()
+    if run.writer is not None:
+        run.writer.close()
     cleanup()
+
+
+def train_epoch(run: Run, epoch: int, stopper, progress=None, rng=None) -> bool:
+    """Train (the rest of) one epoch, evaluate, save. False when a signal stopped it mid-way."""
+    args = run.args
+    run.loader_seed.manual_seed(args.seed * 1000 + epoch)
+    run.sampler.set_epoch(epoch)
+    run.sampler.skip = progress["batches"] * args.batch_size if progress else 0
+    if rng is not None:
+        set_rng_states(rng)  # mid-epoch resume: continue the same random stream
+    else:
+        seed_everything(args.seed + 1000 * epoch + run.rank)  # exact resume at any epoch boundary
+    totals = train_one_epoch(run.model, run.criterion, run.optimizer, run.lr_scheduler, run.scaler, run.loader,
+                             run.device, totals=progress, should_stop=stopper.should_stop, amp=args.amp,
+                             channels_last=args.channels_last, writer=run.writer,
+                             desc=f"epoch {epoch + 1}/{args.epochs}")
+    if not totals["complete"]:
+        progress, rng = gather_lists([totals]), gather_lists([rng_states()])
+        if run.rank == 0:
+            save_checkpoint(run, checkpoint_path(args), epoch, progress, rng)
+            print(f"\nStopped at iteration {run.lr_scheduler.last_epoch} ({totals['batches']} of epoch {epoch + 1}); "
+                  f"saved {checkpoint_path(args)}. Run the same command to continue.")
+        return False
+    stats = epoch_summary(totals)
+    coco_stats, results = None, None
+    if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+        coco_stats, results = evaluate(run.model_without_ddp, run.postprocess, run.val_set, run.device,
+                                       run.val_set.category_ids, batch_size=args.batch_size,
+                                       num_workers=args.num_workers, amp=args.amp,
+                                       channels_last=args.channels_last, rank=run.rank, world_size=run.world_size)
+    run.history.append({"epoch": epoch + 1, **stats, **(coco_stats or {})})
+    improved = coco_stats is not None and coco_stats["AP"] >= run.best_map
+    run.best_map = max(run.best_map, coco_stats["AP"]) if coco_stats else run.best_map
+    if run.rank == 0:
+        report_epoch(run.writer, epoch, stats, coco_stats)
+        if coco_stats is not None:
+            log_val_images(run.writer, run.val_set, results, epoch)
+        save_checkpoint(run, checkpoint_path(args), epoch + 1)
+        if improved:
+            save_checkpoint(run, os.path.join(args.save_folder, f"{args.model}_best.pth"), epoch + 1)
+    return True
 
 
 def report_epoch(writer, epoch, stats, coco_stats):
     line = (f"epoch {epoch + 1}: loss {stats['loss']:.4f} (loc {stats['loc']:.4f}, cls {stats['cls']:.4f}), "
             f"{stats['images_per_s']:.1f} images/s")
+    if stats["bad_images"]:
+        line += f", {stats['bad_images']} bad images skipped"
+    writer.add_scalar("epoch/bad_images", stats["bad_images"], epoch + 1)
     if coco_stats is not None:
         line += f", AP {coco_stats['AP']:.4f}, AP50 {coco_stats['AP50']:.4f}"
         for name, value in coco_stats.items():
@@ -233,4 +314,9 @@ if __name__ == "__main__":
     arguments = get_args_parser().parse_args()
     if arguments.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(arguments.local_rank))
-    run_cli(main, arguments)
+    try:
+        run_cli(main, arguments)
+    except torch.OutOfMemoryError:
+        print(f"train.py: error: out of GPU memory at --batch-size {arguments.batch_size}: lower --batch-size"
+              f"{'' if arguments.amp else ' or add --amp'}", file=sys.stderr)
+        sys.exit(1)

@@ -57,6 +57,8 @@ class BoxCoder:
         :return: ``(boxes_xywh (N, B, 4), labels (N, B))``: the matched ground truth as
             (cx, cy, w, h), or the default box itself where unmatched; label 0 there
         """
+        if gt_labels.shape[1] == 0:  # no ground truth at all: one padding row keeps the shapes valid
+            gt_ltrb, gt_labels = gt_ltrb.new_zeros(len(gt_ltrb), 1, 4), gt_labels.new_zeros(len(gt_labels), 1)
         n, m = gt_labels.shape
         dboxes_ltrb = self.dboxes_ltrb.to(gt_ltrb.device)
         dboxes_xywh = self.dboxes_xywh.to(gt_ltrb.device)

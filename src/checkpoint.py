@@ -101,17 +101,28 @@ def load_model_weights(model, state: dict, path: str = "checkpoint"):
 
 def save_atomic(obj: dict, path: str):
     """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, then rename it:
-    a kill at any moment leaves either the old file or the new one, whole."""
+    a kill at any moment leaves either the old file or the new one, whole. A failed write
+    (a full disk, say) raises :class:`CheckpointError` and leaves the old file as it was."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    prefix = os.path.basename(path) + "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        os.remove(tmp)
+        kept = " (the previous checkpoint is intact)" if os.path.exists(path) else ""
+        raise CheckpointError(f"could not write {path}: {e.strerror or e}{kept}") from None
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.remove(tmp)
         raise
+    for name in os.listdir(folder):  # temporaries left by a process killed while saving
+        if name.startswith(prefix) and name.endswith(".tmp"):
+            os.remove(os.path.join(folder, name))

@@ -1,8 +1,11 @@
 """COCO-format detection data: the original layout, or any annotation file plus image folder."""
 import contextlib
 import io
+import itertools
 import json
 import os
+
+import sys
 
 import cv2
 import torch
@@ -115,7 +118,10 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, index):
         image_id = self.ids[index]
-        image = tv_tensors.Image(read_rgb(self.image_path(image_id)))
+        try:
+            image = tv_tensors.Image(read_rgb(self.image_path(image_id)))
+        except ImageReadError as e:
+            return self._placeholder(image_id, str(e))
         height, width = image.shape[-2:]
         boxes, labels = self.annotations(image_id, height, width)
         target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
@@ -131,11 +137,40 @@ class CocoDetection(torch.utils.data.Dataset):
             "orig_size": (height, width),
         }
 
+    def _placeholder(self, image_id, reason):
+        """A bad image file does not stop a long run: it is skipped with a warning, and a blank
+        background-only sample takes its place (batches keep their size, so DDP stays in step).
+        ``target["bad"]`` holds the reason, for the counts in the logs."""
+        print(f"warning: skipping a bad image: {reason}", file=sys.stderr, flush=True)
+        info = self.coco.imgs[image_id]
+        size = (int(info.get("height") or 300), int(info.get("width") or 300))
+        blank = tv_tensors.Image(torch.full((3, *size), 124, dtype=torch.uint8))
+        empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=size),
+                 "labels": torch.zeros(0, dtype=torch.int64)}
+        image, _ = self.transforms(blank, empty) if self.transforms is not None else (blank, empty)
+        return image.as_subclass(torch.Tensor), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                                                 "image_id": image_id, "orig_size": size, "bad": reason}
+
 
 def collate(batch):
     """Stack the images, keep the targets as a list (each image has its own box count)."""
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)
+
+
+class ResumableSampler(torch.utils.data.DistributedSampler):
+    """DistributedSampler that can start an epoch part-way, after ``skip`` of this rank's samples
+    (resuming mid-epoch sees the rest of the same shuffled order)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip = 0
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self):
+        return super().__len__() - self.skip
 
 
 def shard(dataset, rank: int, world_size: int):

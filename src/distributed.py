@@ -52,12 +52,15 @@ def gather_lists(items: list) -> list:
     return [x for part in gathered for x in part]
 
 
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """The sum over the ranks of a CPU tensor (gloo) or a tensor on this rank's GPU (NCCL)."""
     if not is_distributed():
         return value
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
     value = value.clone()
     dist.all_reduce(value)
-    return value / get_world_size()
+    return value.cpu()
 
 
 def broadcast_object(obj):

@@ -8,7 +8,7 @@ from tqdm import tqdm
 from .box_coder import pad_targets
 from .coco_eval import coco_evaluate, to_coco_results
 from .dataset import eval_loader
-from .distributed import all_reduce_mean, broadcast_object, gather_lists, is_main_process
+from .distributed import all_reduce_sum, broadcast_object, gather_lists, is_main_process
 from .errors import NonFiniteLossError
 
 
@@ -25,14 +25,21 @@ def _check_finite(loss, step, image_ids):
                                  f"images {image_ids}: stopping; the last checkpoint is kept")
 
 
-def train_step(model, criterion, optimizer, scaler, images, targets, device, amp=False) -> dict:
+def to_input(images, device, channels_last=False):
+    """The batch on ``device``, in the memory format of the model (NHWC is faster for AMP convs)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return images.to(device, non_blocking=True, memory_format=fmt)
+
+
+def train_step(model, criterion, optimizer, scaler, images, targets, device, amp=False,
+               channels_last=False) -> dict:
     """Match, forward, loss, backward and optimizer step for one batch; returns the losses.
 
     The default-box matching runs batched on ``device``.
     """
     gt_boxes, gt_labels = criterion.coder.match(*pad_targets(targets, device))
     with autocast(device, amp):
-        ploc, plabel = model(images.to(device, non_blocking=True))
+        ploc, plabel = model(to_input(images, device, channels_last))
     losses = criterion(ploc, plabel, gt_boxes, gt_labels)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
@@ -45,34 +52,53 @@ def train_step(model, criterion, optimizer, scaler, images, targets, device, amp
     return losses
 
 
-def train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, device, epoch, *,
-                    amp=False, writer=None, log_every=20, desc=""):
-    """Train over ``loader`` once.
+def train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, device, *, totals=None,
+                    should_stop=None, amp=False, channels_last=False, writer=None, log_every=20, desc=""):
+    """Train over ``loader`` once, or until ``should_stop(step)`` says so after a step.
 
-    :return: ``{"loss", "loc", "cls", "images_per_s"}`` averaged over the epoch and the ranks
+    :param totals: the running totals of an epoch resumed mid-way (``loader`` then yields
+        only its remaining batches), as returned here; None for a new epoch
+    :return: this rank's running totals ``{"sums": [total, loc, cls], "batches", "bad_images",
+        "complete"}``; :func:`epoch_summary` turns them into averages over the ranks
     """
     model.train()
-    sums = torch.zeros(3, device=device)
+    totals = totals or {"sums": [0.0, 0.0, 0.0], "batches": 0, "bad_images": 0}
+    sums = torch.tensor(totals["sums"], device=device)
+    batches, bad = totals["batches"], totals["bad_images"]
     previous = (None, None, None)  # (loss, step, image ids) of the last step, checked late
-    start, seen = time.perf_counter(), 0
-    bar = tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True, leave=True)
+    start, seen, complete = time.perf_counter(), 0, True
+    bar = tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True, leave=True,
+               initial=batches, total=batches + len(loader))
     for images, targets in bar:
         step = lr_scheduler.last_epoch  # iterations done so far
         _check_finite(*previous)
-        losses = train_step(model, criterion, optimizer, scaler, images, targets, device, amp)
+        losses = train_step(model, criterion, optimizer, scaler, images, targets, device, amp, channels_last)
         lr_scheduler.step()
 
         parts = torch.stack([losses["total"], losses["loc"], losses["cls"]]).detach()
         sums += parts
+        batches += 1
+        bad += sum(1 for t in targets if t.get("bad"))
         previous = (parts[0], step, [t["image_id"] for t in targets])
         seen += len(images)
         if step % log_every == 0:
             _log_step(bar, writer, parts, optimizer, step, seen / (time.perf_counter() - start))
+        if should_stop is not None and should_stop(step):
+            complete = False
+            break
+    bar.close()
     _check_finite(*previous)
-    n = max(1, len(loader))
-    means = all_reduce_mean(sums / n).tolist()
-    rate = seen / (time.perf_counter() - start)
-    return {"loss": means[0], "loc": means[1], "cls": means[2], "images_per_s": rate}
+    return {"sums": sums.tolist(), "batches": batches, "bad_images": bad, "complete": complete,
+            "images_per_s": seen / max(1e-9, time.perf_counter() - start)}
+
+
+def epoch_summary(totals: dict) -> dict:
+    """Losses averaged over the epoch's batches and the ranks; bad images summed over the ranks."""
+    t = torch.tensor([*totals["sums"], totals["batches"], totals["bad_images"]], dtype=torch.float64)
+    t = all_reduce_sum(t)
+    n = max(1.0, t[3].item())
+    return {"loss": t[0].item() / n, "loc": t[1].item() / n, "cls": t[2].item() / n,
+            "bad_images": int(t[4].item()), "images_per_s": totals["images_per_s"]}
 
 
 def _log_step(bar, writer, parts, optimizer, step, rate):
@@ -88,7 +114,7 @@ def _log_step(bar, writer, parts, optimizer, step, rate):
 
 
 @torch.no_grad()
-def predict(model, postprocess, loader, device, *, amp=False, desc="eval"):
+def predict(model, postprocess, loader, device, *, amp=False, channels_last=False, desc="eval"):
     """Detections for every image of ``loader`` (this rank's shard).
 
     :return: ``(detections, image_ids, orig_sizes)``: per image ``(boxes (k, 4) normalised
@@ -98,7 +124,7 @@ def predict(model, postprocess, loader, device, *, amp=False, desc="eval"):
     detections, image_ids, sizes = [], [], []
     for images, targets in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True):
         with autocast(device, amp):
-            ploc, plabel = model(images.to(device, non_blocking=True))
+            ploc, plabel = model(to_input(images, device, channels_last))
         for boxes, labels, scores in postprocess(ploc, plabel):
             detections.append((boxes.cpu(), labels.cpu(), scores.cpu()))
         image_ids += [t["image_id"] for t in targets]
@@ -107,7 +133,7 @@ def predict(model, postprocess, loader, device, *, amp=False, desc="eval"):
 
 
 def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32, num_workers=4, amp=False,
-             rank=0, world_size=1):
+             channels_last=False, rank=0, world_size=1):
     """COCO mAP of ``model`` on ``dataset`` (every image, those without annotations included).
 
     Each rank predicts its own shard; the detections are gathered and the main process runs
@@ -117,7 +143,7 @@ def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32
         COCO results format (pixels, ltwh)
     """
     loader = eval_loader(dataset, batch_size, num_workers, rank, world_size, pin_memory=device.type == "cuda")
-    detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=amp)
+    detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=amp, channels_last=channels_last)
     results = gather_lists(to_coco_results(detections, image_ids, sizes, category_ids))
     stats = coco_evaluate(dataset.coco, results) if is_main_process() else None
     return broadcast_object(stats), results

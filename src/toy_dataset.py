@@ -47,20 +47,20 @@ def _draw_shape(img, kind, x, y, size, color):
     return [float(x), float(y), float(size), float(size)]
 
 
-def _make_image(rng, height, width, max_objects, empty_fraction):
+def _make_image(rng, height, width, max_objects, empty_fraction, min_size=0.25, max_size=0.6):
     img = _background(rng, height, width)
     n = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
     objects = []
     for _ in range(n):
         cat_id, kind = CATEGORIES[rng.integers(len(CATEGORIES))]
-        size = int(rng.uniform(0.08, 0.5) * min(height, width))
+        size = int(rng.uniform(min_size, max_size) * min(height, width))
         x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
         color = tuple(float(v) for v in rng.uniform(0, 255, 3))
         objects.append((cat_id, _draw_shape(img, kind, x, y, size, color)))
     return img, objects
 
 
-def write_split(root, split, num_images, seed, size=(480, 640), max_objects=5, empty_fraction=0.1):
+def write_split(root, split, num_images, seed, size=(480, 640), max_objects=3, empty_fraction=0.1):
     """Write ``num_images`` images of ``size`` (h, w) and their COCO annotation file."""
     rng = np.random.default_rng(seed)
     image_dir = os.path.join(root, f"{split}2017")

@@ -17,16 +17,17 @@ def _normalize():
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def train_transforms(size: int = 300) -> v2.Compose:
-    """Zoom-out, IoU-constrained crop, flip, resize, photometric distortion, normalisation.
+def train_transforms(size: int = 300, zoom_out: float = 4.0) -> v2.Compose:
+    """Zoom-out (up to ``zoom_out`` x, 1 turns it off), IoU-constrained crop, flip, resize,
+    photometric distortion, normalisation.
 
     Photometric distortion runs after the resize: on a 300x300 image rather than on a
     zoomed-out canvas of up to 4x the original size, which is several times cheaper.
     """
     mean_fill = [round(255 * m) for m in IMAGENET_MEAN]
+    zoom = [v2.RandomZoomOut(fill={tv_tensors.Image: mean_fill, "others": 0}, side_range=(1.0, zoom_out), p=0.5)]
     return v2.Compose([
-        v2.RandomZoomOut(fill={tv_tensors.Image: mean_fill, "others": 0},
-                         side_range=(1.0, 4.0), p=0.5),
+        *(zoom if zoom_out > 1 else []),
         v2.RandomIoUCrop(sampler_options=IOU_CROP_OPTIONS),
         v2.RandomHorizontalFlip(p=0.5),
         v2.Resize((size, size), antialias=True),

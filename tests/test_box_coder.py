@@ -5,9 +5,6 @@ from src.box_coder import BoxCoder, batched_box_iou, pad_targets
 from src.default_boxes import default_boxes
 from src.specs import SSDLITE
 
-COD = None
-
-
 def coder():
     return BoxCoder(default_boxes(SSDLITE))
 
@@ -64,6 +61,12 @@ def test_match_batched_equals_single_and_handles_empty():
             b, l = c.dboxes_xywh, torch.zeros(c.num_boxes, dtype=torch.long)
         assert torch.equal(labels[i], l)
         torch.testing.assert_close(boxes[i], b)
+
+
+def test_match_one_without_ground_truth():
+    c = coder()
+    boxes, labels = c.match_one(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+    assert labels.eq(0).all() and torch.equal(boxes, c.dboxes_xywh)
 
 
 def test_pad_targets_shapes():

@@ -110,7 +110,7 @@ def test_checkpoint_holds_everything_to_rebuild_and_resume(toy_root, tmp_path):
                 "num_classes", "category_ids", "category_names", "args"]:
         assert key in c
     assert c["model_name"] == "ssdlite" and c["num_classes"] == 5 and c["category_ids"] == [2, 5, 9, 14]
-    assert set(c["rng"]) >= {"torch", "numpy", "python", "cuda"}
+    assert set(c["rng"][0]) >= {"torch", "numpy", "python", "cuda"}
     assert (tmp_path / "ssdlite_best.pth").exists()
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in result.stdout
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))

@@ -1,0 +1,93 @@
+"""The whole job on the built-in toy dataset: generate it, train SSDLite, evaluate, detect on an
+image and a video, plot the curves. `make demo` runs this; a second run reuses what is there.
+
+    python demo.py                       # the full demo (about 12 minutes on a 2-core CPU)
+    python demo.py --epochs 1 --train-images 16 --val-images 4 --out /tmp/d --docs /tmp/d/docs
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import cv2
+
+from src.dataset import coco_paths
+from src.toy_dataset import generate
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="data/toy", help="toy dataset folder (generated if absent)")
+    p.add_argument("--out", default="demo", help="checkpoints, logs and outputs go here")
+    p.add_argument("--docs", default="docs", help="the README's pictures are refreshed here")
+    p.add_argument("--train-images", type=int, default=640)
+    p.add_argument("--val-images", type=int, default=100)
+    p.add_argument("--image-size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.1, help="for 32 images a step, as in train.py")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def step(title, *cmd):
+    print(f"\n==> {title}\n    {' '.join(cmd)}", flush=True)
+    start = time.perf_counter()
+    if subprocess.run([sys.executable, *cmd], cwd=HERE).returncode != 0:
+        sys.exit(f"demo: the step '{title}' failed (its message is above)")
+    print(f"    ({time.perf_counter() - start:.0f} s)")
+
+
+def make_clip(image_dir, path, frames=30, fps=5.0):
+    """A short mp4 of the first val images, one per frame."""
+    names = sorted(os.listdir(image_dir))[:frames]
+    first = cv2.imread(os.path.join(image_dir, names[0]))
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (first.shape[1], first.shape[0]))
+    for name in names:
+        writer.write(cv2.imread(os.path.join(image_dir, name)))
+    writer.release()
+
+
+def main(args):
+    out = os.path.abspath(args.out)
+    outputs = os.path.join(out, "outputs")
+    os.makedirs(outputs, exist_ok=True)
+    if not os.path.exists(coco_paths(args.data, "val")[0]):
+        print(f"==> generating the toy dataset in {args.data}")
+        generate(args.data, args.train_images, args.val_images, seed=args.seed, size=tuple(args.image_size))
+    else:
+        print(f"==> reusing the toy dataset in {args.data}")
+    ckpt = os.path.join(out, "trained_models", "ssdlite.pth")
+    step("training SSDLite from scratch (resumes if stopped; COCO mAP after each epoch)",
+         "train.py", "--data-path", args.data, "--model", "ssdlite", "--save-folder", os.path.dirname(ckpt),
+         "--log-path", os.path.join(out, "runs", "ssdlite"), "--epochs", str(args.epochs),
+         "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup", "50",
+         "--multistep", str(max(1, args.epochs * 4 // 5)), "--num-workers", "1", "--seed", str(args.seed),
+         "--no-pretrained-backbone", "--zoom-out", "1", "--amp", "--channels-last")
+    val_images = coco_paths(args.data, "val")[1]
+    step("COCO mAP on the toy val split", "test_dataset.py", "--pretrained-model", ckpt, "--data-path", args.data,
+         "--num-workers", "1", "--json", os.path.join(outputs, "detections.json"))
+    first = os.path.join(val_images, sorted(os.listdir(val_images))[0])
+    picture = os.path.join(outputs, "detection.jpg")
+    step("detecting on a val image", "test_image.py", "--pretrained-model", ckpt, "--input", first,
+         "--output", picture)
+    clip = os.path.join(out, "clip.mp4")
+    make_clip(val_images, clip)
+    video = os.path.join(outputs, "clip_prediction.mp4")
+    step("detecting on a short clip", "test_video.py", "--pretrained-model", ckpt, "--input", clip, "--output", video)
+    curves = os.path.join(outputs, "curves.png")
+    step("plotting the training curves", "plot_logs.py", "--log-path", os.path.join(out, "runs", "ssdlite"),
+         "--output", curves)
+    os.makedirs(args.docs, exist_ok=True)
+    shutil.copy(picture, os.path.join(args.docs, "demo_detection.jpg"))
+    shutil.copy(curves, os.path.join(args.docs, "demo_curves.png"))
+    print(f"\nDone. Checkpoint: {ckpt}\n      Outputs: {outputs} (detection.jpg, clip_prediction.mp4, "
+          f"detections.json, curves.png)\n      TensorBoard: tensorboard --logdir {os.path.join(out, 'runs')}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,40 @@
+"""Stopping training cleanly on SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption)."""
+import signal
+
+import torch
+
+from .distributed import all_reduce_sum, is_distributed
+
+
+class GracefulStop:
+    """After the first SIGINT or SIGTERM, :meth:`should_stop` turns true at a step boundary, so
+    the step in flight finishes and a checkpoint can be written. A second Ctrl-C stops at once.
+
+    In a process group the ranks agree (every ``sync_every`` steps) so that all stop together.
+    """
+
+    def __init__(self, sync_every: int = 10):
+        self.requested = False
+        self.sync_every = sync_every
+        self._previous = {}
+
+    def install(self) -> "GracefulStop":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def should_stop(self, step: int) -> bool:
+        if not is_distributed():
+            return self.requested
+        if step % self.sync_every:
+            return False
+        return all_reduce_sum(torch.tensor([float(self.requested)])).item() > 0
+
+    def uninstall(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

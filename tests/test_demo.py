@@ -1,0 +1,27 @@
+"""A shortened demo (tiny toy set, one short epoch) through the same entry point as `make demo`."""
+import os
+import subprocess
+import sys
+
+import cv2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_short_demo_end_to_end_then_reuse(tmp_path):
+    cmd = [sys.executable, "demo.py", "--data", str(tmp_path / "toy"), "--out", str(tmp_path / "demo"),
+           "--docs", str(tmp_path / "docs"), "--train-images", "8", "--val-images", "3", "--epochs", "1",
+           "--batch-size", "4", "--image-size", "120", "160"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    outputs = tmp_path / "demo" / "outputs"
+    for name in ["detection.jpg", "clip_prediction.mp4", "detections.json", "curves.png"]:
+        assert (outputs / name).stat().st_size > 0, name
+    assert cv2.imread(str(tmp_path / "docs" / "demo_detection.jpg")).shape == (120, 160, 3)
+    assert (tmp_path / "docs" / "demo_curves.png").exists()
+    assert "Average Precision  (AP) @[ IoU=0.50      |" in first.stdout
+
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing the toy dataset" in second.stdout and "Resuming" in second.stdout

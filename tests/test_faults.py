@@ -1,0 +1,201 @@
+"""Faults and bad input in long runs: every case checks the exit status, a one-line message
+(no traceback), and that nothing written before was lost."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from src.checkpoint import read_checkpoint, save_atomic
+from src.errors import CheckpointError
+from src.model import build_model
+from test_train import PY, ROOT, TORCHRUN, ckpt, free_port, run, train_cmd
+
+
+def one_error_line(result, prog="train.py"):
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith(f"{prog}: error:")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def wait_for(path, text, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path) and text in open(path, errors="replace").read():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+@pytest.fixture()
+def toy_copy(toy_root, tmp_path):
+    dst = tmp_path / "toy"
+    shutil.copytree(toy_root, dst)
+    return dst
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_mid_epoch_saves_and_resume_is_exact(toy_root, tmp_path, sig):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert run(train_cmd(toy_root, straight, "--batch-size", "2", epochs=2)).returncode == 0
+    log = tmp_path / "stderr.txt"
+    cmd = train_cmd(toy_root, stopped, "--batch-size", "2", epochs=2)
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        wait_for(log, "epoch 1/2:  33%")  # two of six iterations done
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, open(log).read()
+    assert "Stopped at iteration" in out and "Run the same command to continue" in out
+    c = ckpt(stopped)
+    assert c["epoch"] == 0 and 2 <= c["progress"][0]["batches"] < 6
+    again = run(cmd)
+    assert again.returncode == 0 and "iterations into epoch 1" in again.stdout, again.stderr
+    a, b = ckpt(straight), ckpt(stopped)
+    assert a["iteration"] == b["iteration"] == 12
+    for name, w in a["model"].items():
+        assert torch.equal(w, b["model"][name]), name
+    assert [h["loss"] for h in a["history"]] == pytest.approx([h["loss"] for h in b["history"]], rel=1e-6)
+
+
+def test_sigkill_at_many_moments_leaves_a_loadable_checkpoint(toy_root, tmp_path):
+    cmd = train_cmd(toy_root, tmp_path, epochs=1000)  # 3 iterations an epoch: a checkpoint every ~second
+    for delay in [4.0, 4.6, 5.3, 6.1, 7.0]:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.kill()
+        proc.wait()
+        if (tmp_path / "ssdlite.pth").exists():
+            assert "model" in read_checkpoint(str(tmp_path / "ssdlite.pth"))
+    assert ckpt(tmp_path)["epoch"] >= 2
+
+
+def test_bad_images_are_skipped_counted_and_named(toy_copy, tmp_path):
+    images = toy_copy / "train2017"
+    names = sorted(os.listdir(images))
+    (images / names[0]).write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    (images / names[1]).unlink()
+    (images / names[2]).write_text("not an image at all")
+    result = run(train_cmd(str(toy_copy), tmp_path / "save"))
+    assert result.returncode == 0, result.stderr
+    for name in names[:3]:
+        assert name in result.stderr
+    assert "3 bad images skipped" in result.stdout
+    assert ckpt(tmp_path / "save")["history"][0]["bad_images"] == 3
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "annotation file .* not found"),
+    ("not-json", "is not valid JSON"),
+    ("box-of-3", "expected \\[x, y, width, height\\], four numbers"),
+    ("box-of-strings", "expected \\[x, y, width, height\\], four numbers"),
+])
+def test_bad_annotations_are_refused_at_start(toy_copy, tmp_path, case, message):
+    ann = toy_copy / "annotations" / "instances_train2017.json"
+    if case == "missing":
+        ann.unlink()
+    elif case == "not-json":
+        ann.write_text("{ this is not json")
+    else:
+        data = json.loads(ann.read_text())
+        data["annotations"][0]["bbox"] = [1, 2, 3] if case == "box-of-3" else ["1", "2", "3", "4"]
+        ann.write_text(json.dumps(data))
+    result = run(train_cmd(str(toy_copy), tmp_path / "save"))
+    assert result.returncode == 1
+    import re
+    assert re.search(message, one_error_line(result)), result.stderr
+    assert not (tmp_path / "save" / "ssdlite.pth").exists()
+
+
+def _write_bad_checkpoint(path, case, kit_state_dict=None):
+    good = {"model": build_model("ssdlite", 5).state_dict(), "optimizer": {}, "model_name": "ssdlite",
+            "category_ids": [2, 5, 9, 14], "num_classes": 5}
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "truncated":
+        torch.save(good, path)
+        path.write_bytes(path.read_bytes()[:4096])
+    elif case == "not-a-checkpoint":
+        path.write_text("definitely not a checkpoint")
+    elif case == "other-architecture":
+        torch.save({**good, "model_name": "ssd"}, path)
+    elif case == "other-class-count":
+        torch.save({**good, "category_ids": [1, 2, 3], "num_classes": 4}, path)
+
+
+@pytest.mark.parametrize("case", ["empty", "truncated", "not-a-checkpoint", "other-architecture",
+                                  "other-class-count"])
+def test_bad_checkpoints_are_refused_and_kept(toy_root, tmp_path, case):
+    save = tmp_path / "save"
+    save.mkdir()
+    path = save / "ssdlite.pth"
+    _write_bad_checkpoint(path, case)
+    before = path.read_bytes()
+    result = run(train_cmd(toy_root, save))
+    assert result.returncode == 1
+    assert str(path) in one_error_line(result)
+    assert path.read_bytes() == before
+
+
+class RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("script", ["train.py", "test_image.py"])
+def test_checkpoint_with_pickled_code_is_refused_in_every_script(toy_root, tmp_path, script):
+    marker = tmp_path / "code_ran"
+    save = tmp_path / "save"
+    save.mkdir()
+    torch.save({"model": {}, "optimizer": {}, "model_name": "ssdlite", "evil": RunsCode(marker)},
+               save / "ssdlite.pth")
+    if script == "train.py":
+        result = run(train_cmd(toy_root, save))
+    else:
+        image = os.path.join(toy_root, "val2017", sorted(os.listdir(os.path.join(toy_root, "val2017")))[0])
+        result = run([PY, "test_image.py", "--pretrained-model", str(save / "ssdlite.pth"), "--input", image,
+                      "--output", str(tmp_path / "o.jpg")])
+    assert result.returncode == 1
+    assert "pickled code" in one_error_line(result, script)
+    assert not marker.exists()
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "ssdlite.pth"
+    save_atomic({"model": {"w": torch.ones(3)}}, str(path))
+    before = path.read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is intact"):
+        save_atomic({"model": {"w": torch.zeros(3)}}, str(path))
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["ssdlite.pth"]  # no temporary left behind
+
+
+def test_a_dead_rank_ends_the_run_in_bounded_time(toy_root, tmp_path):
+    log = tmp_path / "log.txt"
+    cmd = [*TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}",
+           *train_cmd(toy_root, tmp_path, "--batch-size", "2", "--dist-timeout", "30", epochs=1000)[1:]]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(log, "epoch 2/1000")
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2
+        os.kill(int(workers[-1]), signal.SIGKILL)
+        start = time.time()
+        proc.wait(timeout=120)
+    assert proc.returncode != 0 and time.time() - start < 90
+    assert "model" in read_checkpoint(str(tmp_path / "ssdlite.pth"))
