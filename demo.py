@@ -13,7 +13,7 @@ import time
 
 import cv2
 
-from src.dataset import coco_paths
+from src.dataset import coco_paths, load_coco
 from src.toy_dataset import generate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,6 +52,14 @@ def make_clip(image_dir, path, frames=30, fps=5.0):
     writer.release()
 
 
+def busiest_image(root):
+    """The val image with the most objects (the first such by id): the most telling picture."""
+    ann, images = coco_paths(root, "val")
+    coco = load_coco(ann)
+    best = max(sorted(coco.imgs), key=lambda i: len(coco.imgToAnns.get(i, [])))
+    return os.path.join(images, coco.imgs[best]["file_name"])
+
+
 def main(args):
     out = os.path.abspath(args.out)
     outputs = os.path.join(out, "outputs")
@@ -71,10 +79,9 @@ def main(args):
     val_images = coco_paths(args.data, "val")[1]
     step("COCO mAP on the toy val split", "test_dataset.py", "--pretrained-model", ckpt, "--data-path", args.data,
          "--num-workers", "1", "--json", os.path.join(outputs, "detections.json"))
-    first = os.path.join(val_images, sorted(os.listdir(val_images))[0])
     picture = os.path.join(outputs, "detection.jpg")
-    step("detecting on a val image", "test_image.py", "--pretrained-model", ckpt, "--input", first,
-         "--output", picture)
+    step("detecting on a val image", "test_image.py", "--pretrained-model", ckpt, "--input",
+         busiest_image(args.data), "--output", picture)
     clip = os.path.join(out, "clip.mp4")
     make_clip(val_images, clip)
     video = os.path.join(outputs, "clip_prediction.mp4")

@@ -11,7 +11,7 @@ import os
 import cv2
 import torch
 
-from src.cli import add_detector_args, checkpoint_from_args, run_cli
+from src.cli import add_detector_args, checkpoint_from_args, output_folder, run_cli
 from src.dataset import CocoDetection, coco_paths
 from src.detector import Detections, load_checkpoint_model
 from src.distributed import cleanup, get_rank, init_distributed
@@ -58,16 +58,6 @@ def check_categories(model_ids, dataset, path):
                         f"({dataset.category_ids[:5]}...): is this checkpoint trained on this dataset?")
 
 
-def writable_folder(path: str) -> str:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {path} ({e.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"output folder {path} is not writable")
-    return path
-
-
 def render(dataset, results, ids, names, folder, min_score, rank, world_size):
     """Draw this rank's share of the images, one file per image in ``folder``."""
     by_image = {}
@@ -93,7 +83,7 @@ def main(args):
     path = checkpoint_from_args(args)
     dataset = dataset_from_args(args)
     if args.output:
-        writable_folder(args.output)
+        output_folder(args.output)
     model, ids, names = load_checkpoint_model(path, args.model)
     check_categories(ids, dataset, path)
     model.to(device)

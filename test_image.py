@@ -10,11 +10,11 @@ import os
 
 import cv2
 
-from src.cli import add_detector_args, checkpoint_from_args, run_cli
+from src.cli import add_detector_args, checkpoint_from_args, output_folder, run_cli
 from src.dataset import read_rgb
 from src.detector import Detector
 from src.draw import draw_detections
-from src.errors import ImageReadError, UserError
+from src.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -62,16 +62,6 @@ def output_paths(inputs: list[str], output: str | None) -> list[str]:
     return outs
 
 
-def prepare_folders(outputs: list[str]):
-    for folder in sorted({os.path.dirname(os.path.abspath(p)) for p in outputs}):
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create output folder {folder} ({e.strerror})") from None
-        if not os.access(folder, os.W_OK):
-            raise UserError(f"output folder {folder} is not writable")
-
-
 def save(path: str, image):
     try:
         ok = cv2.imwrite(path, image)
@@ -84,7 +74,8 @@ def save(path: str, image):
 def main(args):
     inputs = list_inputs(args.input)
     outputs = output_paths(inputs, args.output)
-    prepare_folders(outputs)
+    for folder in sorted({os.path.dirname(os.path.abspath(p)) for p in outputs}):
+        output_folder(folder)
     images = [read_rgb(p, apply_exif=True) for p in inputs]  # phone photos: boxes on the upright image
     detector = Detector.from_checkpoint(checkpoint_from_args(args), args.model, args.device,
                                         cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,

@@ -11,7 +11,7 @@ import time
 import cv2
 from tqdm import tqdm
 
-from src.cli import add_detector_args, checkpoint_from_args, run_cli
+from src.cli import add_detector_args, checkpoint_from_args, output_folder, run_cli
 from src.detector import Detector, bgr_to_tensor
 from src.draw import draw_detections
 from src.errors import UserError
@@ -54,9 +54,7 @@ def output_path(args) -> str:
         raise UserError(f"output {out}: use a .mp4 or .avi file name")
     if os.path.exists(args.input) and os.path.abspath(out) == os.path.abspath(args.input):
         raise UserError(f"output {out} is the input itself: choose another --output")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UserError(f"output folder {folder} does not exist or is not writable")
+    output_folder(os.path.dirname(os.path.abspath(out)))
     return out
 
 

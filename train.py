@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from src.box_coder import BoxCoder
-from src.checkpoint import load_model_weights, read_checkpoint, save_atomic
+from src.checkpoint import load_matching_weights, load_model_weights, model_state_dict, read_checkpoint, save_atomic
 from src.cli import run_cli
 from src.dataset import CocoDetection, ResumableSampler, coco_paths, collate, read_rgb
 from src.default_boxes import default_boxes
@@ -32,6 +32,7 @@ from src.postprocess import Postprocessor
 from src.specs import MODEL_NAMES, get_spec
 from src.stop import GracefulStop
 from src.transforms import train_transforms, val_transforms
+from src.weights import resolve_checkpoint
 
 
 def get_args_parser():
@@ -45,6 +46,7 @@ def get_args_parser():
     p.add_argument("--multistep", type=int, nargs="*", default=[43, 54], help="epochs at which lr drops 10x")
     p.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster with --amp)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--lr", type=float, default=2.6e-3, help="for 32 images a step; scaled by the global batch")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv weights, not on BN or biases")
@@ -56,6 +58,8 @@ def get_args_parser():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-pretrained-backbone", action="store_true", help="do not load ImageNet weights")
+    p.add_argument("--finetune-from", default=None, metavar="PATH|original|nvidia",
+                   help="start from a checkpoint of any form; class heads of another class count start afresh")
     p.add_argument("--eval-every", type=int, default=1, help="COCO mAP every N epochs; 0 turns it off")
     p.add_argument("--dist-timeout", type=float, default=600, help="seconds before a stalled rank fails")
     # torch.distributed.launch passes --local-rank (or --local_rank); torchrun sets LOCAL_RANK
@@ -98,14 +102,23 @@ def build_datasets(args):
 
 
 def create_model(args, num_classes: int, resuming: bool):
-    pretrained = not args.no_pretrained_backbone and not resuming  # a resumed run has its weights
+    finetune = args.finetune_from and not resuming
+    # a resumed or fine-tuned run gets all its weights from a checkpoint
+    pretrained = not args.no_pretrained_backbone and not resuming and not finetune
     try:
-        return build_model(args.model, num_classes, pretrained_backbone=pretrained)
+        model = build_model(args.model, num_classes, pretrained_backbone=pretrained)
     except (OSError, RuntimeError) as e:  # URLError is an OSError
         torch_home = os.environ.get("TORCH_HOME", "~/.cache/torch")
         raise UserError(f"could not get the ImageNet weights of the backbone ({e}); train with "
                         f"--no-pretrained-backbone, or place the weight file in {torch_home}/hub/checkpoints "
                         "(TORCH_HOME sets that folder)") from None
+    if finetune:
+        path = resolve_checkpoint(args.finetune_from)
+        skipped = load_matching_weights(model, model_state_dict(read_checkpoint(path), path), path)
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"Fine-tuning from {path}; re-initialised (other shape or absent): "
+                  f"{', '.join(skipped) if skipped else 'nothing'}")
+    return model
 
 
 def checkpoint_path(args) -> str:
@@ -169,6 +182,8 @@ def build_run(args, rank, world_size, device, train_set, val_set, resuming) -> R
                         persistent_workers=args.num_workers > 0, generator=loader_seed)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world_size > 1 else model
+    if args.compile:
+        ddp = torch.compile(ddp)
     return Run(args, rank, world_size, device, train_set, val_set, ddp, model, MultiBoxLoss(coder),
                Postprocessor(coder, nms_threshold=args.nms_threshold), optimizer,
                warmup_multistep(optimizer, len(loader), args.warmup, args.multistep),
@@ -245,7 +260,9 @@ def main(args):
         if not train_epoch(run, epoch, stopper, progress[mine] if progress else None, rng[mine] if progress else None):
             break
         progress = None
-        if stopper.requested:
+        if epoch + 1 == args.epochs and rank == 0 and "AP" in run.history[-1]:
+            log_hparams(run)
+        if stopper.agreed():
             if rank == 0:
                 print(f"Stopped after epoch {epoch + 1}; run the same command to continue.")
             break
@@ -294,6 +311,17 @@ def train_epoch(run: Run, epoch: int, stopper, progress=None, rng=None) -> bool:
         if improved:
             save_checkpoint(run, os.path.join(args.save_folder, f"{args.model}_best.pth"), epoch + 1)
     return True
+
+
+def log_hparams(run: Run):
+    """The run's settings beside its final mAP, for TensorBoard's HPARAMS tab."""
+    args, last = run.args, run.history[-1]
+    hparams = {"model": args.model, "batch_size": args.batch_size, "world_size": run.world_size, "lr": args.lr,
+               "epochs": args.epochs, "warmup": args.warmup, "weight_decay": args.weight_decay, "amp": args.amp,
+               "zoom_out": args.zoom_out, "pretrained_backbone": not args.no_pretrained_backbone,
+               "finetune_from": str(args.finetune_from)}
+    run.writer.add_hparams(hparams, {"hparam/AP": last["AP"], "hparam/AP50": last["AP50"],
+                                     "hparam/best_AP": run.best_map}, run_name="hparams")
 
 
 def report_epoch(writer, epoch, stats, coco_stats):

@@ -99,6 +99,24 @@ def load_model_weights(model, state: dict, path: str = "checkpoint"):
     model.load_state_dict(state, strict=True)
 
 
+def load_matching_weights(model, state: dict, path: str = "checkpoint") -> list[str]:
+    """Fine-tuning: copy every tensor whose name and shape match (backbone, extra layers, box
+    heads); keep the fresh initialisation of the rest (class heads of another class count).
+
+    :return: the names of the model's tensors that were not loaded
+    """
+    found = infer_model_name(state)
+    if found is None:
+        raise CheckpointError(f"{path} holds no SSD-ResNet50 or SSDLite-MobileNetV2 weights")
+    if found != model.spec.name:
+        raise CheckpointError(f"{path} holds an {found} model, not {model.spec.name}: use --model {found}")
+    state = adapt_state_dict(state, model.spec.name)
+    own = model.state_dict()
+    loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(loadable, strict=False)
+    return [k for k in own if k not in loadable]
+
+
 def save_atomic(obj: dict, path: str):
     """Write ``obj`` with ``torch.save`` to a temporary file beside ``path``, then rename it:
     a kill at any moment leaves either the old file or the new one, whole. A failed write

@@ -7,12 +7,14 @@ import torch
 
 from .errors import UserError
 from .specs import MODEL_NAMES
+from .weights import resolve_checkpoint
 
 
 def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
     """Flags of every inference script (the original's underscore spellings work too)."""
     p.add_argument("--pretrained-model", "--pretrained_model", default=None,
-                   help="checkpoint: ours, the original's SSD.pth or NVIDIA's (default trained_models/<model>.pth)")
+                   help="a checkpoint (ours, the original's SSD.pth or NVIDIA's), or 'original' / 'nvidia' "
+                        "for their published COCO weights (default trained_models/<model>.pth)")
     p.add_argument("--model", choices=MODEL_NAMES, default=None,
                    help="only needed when no checkpoint is given; read from the checkpoint otherwise")
     p.add_argument("--cls-threshold", "--cls_threshold", type=float, default=cls_threshold,
@@ -25,13 +27,24 @@ def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
 def checkpoint_from_args(args) -> str:
     """--pretrained-model, or trained_models/<model>.pth, or the one checkpoint found there."""
     if args.pretrained_model:
-        return args.pretrained_model
+        return resolve_checkpoint(args.pretrained_model)
     names = [args.model] if args.model else list(MODEL_NAMES)
     for name in names:
         path = os.path.join("trained_models", f"{name}.pth")
         if os.path.exists(path):
             return path
     raise UserError(f"no checkpoint at trained_models/{names[0]}.pth: pass --pretrained-model PATH")
+
+
+def output_folder(path: str) -> str:
+    """Create ``path`` if needed; one clear error if it cannot be created or written."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create output folder {path} ({e.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise UserError(f"output folder {path} is not writable")
+    return path
 
 
 def run_cli(main, args):

@@ -1,5 +1,4 @@
 """The MultiBox loss of the SSD paper (section 2.2, "Training objective")."""
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -29,10 +29,15 @@ class GracefulStop:
         self.requested = True
 
     def should_stop(self, step: int) -> bool:
+        """Checked after each training step; the ranks agree every ``sync_every`` steps."""
+        if is_distributed() and step % self.sync_every:
+            return False
+        return self.agreed()
+
+    def agreed(self) -> bool:
+        """Whether any rank was asked to stop (a collective call in a process group)."""
         if not is_distributed():
             return self.requested
-        if step % self.sync_every:
-            return False
         return all_reduce_sum(torch.tensor([float(self.requested)])).item() > 0
 
     def uninstall(self):

@@ -3,10 +3,10 @@
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -110,7 +110,6 @@ def test_bad_annotations_are_refused_at_start(toy_copy, tmp_path, case, message)
         ann.write_text(json.dumps(data))
     result = run(train_cmd(str(toy_copy), tmp_path / "save"))
     assert result.returncode == 1
-    import re
     assert re.search(message, one_error_line(result)), result.stderr
     assert not (tmp_path / "save" / "ssdlite.pth").exists()
 

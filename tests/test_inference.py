@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -239,3 +238,23 @@ def test_bad_input_fails_with_one_line(script, case, ours, toy_root, tmp_path, c
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and errors[0].startswith(f"{script}: error:"), result.stderr
     assert open(photo, "rb").read() == before
+
+
+def test_faster_coco_eval_gives_the_same_twelve_numbers(toy_root):
+    pytest.importorskip("faster_coco_eval")
+    from src.coco_eval import coco_evaluate
+    ann, images = coco_paths(toy_root, "val")
+    dataset = CocoDetection(images, ann, val_transforms())
+    g = torch.Generator().manual_seed(0)
+    results = []
+    for image_id in dataset.ids:  # noisy copies of the ground truth plus false positives
+        for a in dataset.coco.imgToAnns.get(image_id, []):
+            jitter = (torch.randn(4, generator=g) * 4).tolist()
+            results.append({"image_id": image_id, "category_id": a["category_id"],
+                            "bbox": [v + j for v, j in zip(a["bbox"], jitter)],
+                            "score": float(torch.rand(1, generator=g))})
+        results.append({"image_id": image_id, "category_id": 2, "bbox": [5.0, 5.0, 30.0, 40.0], "score": 0.3})
+    slow = coco_evaluate(dataset.coco, results, verbose=False, backend="pycocotools")
+    fast = coco_evaluate(dataset.coco, results, verbose=False, backend="faster")
+    assert 0 < slow["AP"] < 1
+    assert fast == pytest.approx(slow, abs=1e-6)

@@ -1,0 +1,23 @@
+# SSD300-ResNet50 / SSDLite-MobileNetV2. Build: docker build -t ssd .
+# Train:  docker run --rm -it --gpus all -v /path/to/coco:/coco -v /path/to/trained_models:/trained_models --ipc=host ssd
+# Infer:  docker run ... ssd python test_image.py --pretrained-model /trained_models/ssd.pth --input /data/x.jpg
+# The base image carries torch 2.14.1 and torchvision 0.29.1, the versions requirements.txt pins (built for CUDA 13.0).
+FROM pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
+
+# the full opencv-python build needs libGL and glib at run time
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgl1=* libglib2.0-0=* \
+ && rm -rf /var/lib/apt/lists/*
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1
+
+WORKDIR /workspace/ssd
+COPY requirements.txt .
+# torch==2.14.1 and torchvision==0.29.1 are already installed, so pip keeps them
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY src/ src/
+COPY train.py test_dataset.py test_image.py test_video.py export_onnx.py hubconf.py plot_logs.py ./
+
+CMD ["python", "train.py", "--data-path", "/coco", "--save-folder", "/trained_models", "--log-path", "/trained_models/runs"]

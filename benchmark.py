@@ -1,0 +1,313 @@
+"""Speed of the training step, inference, decoding, the data pipeline and evaluation, on whatever
+device is there. Prints a table and writes a JSON file with the machine and the settings.
+
+    python benchmark.py                          # everything, on cuda if present, else the CPU
+    python benchmark.py --only decode data --repeats 5 --json bench.json
+
+Each figure is the median of --repeats timed runs. Baselines (a per-class Python-loop NMS, a
+PIL + ToTensor + ColorJitter loader, one-image-at-a-time evaluation) are written here, measured on
+the same inputs in the same run, and reported as ratios.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.ops import box_iou
+
+from src.box_coder import BoxCoder, pad_targets
+from src.dataset import CocoDetection, coco_paths, collate
+from src.default_boxes import default_boxes
+from src.engine import autocast, evaluate, train_step
+from src.loss import MultiBoxLoss
+from src.model import build_model
+from src.optim import param_groups
+from src.postprocess import Postprocessor
+from src.specs import get_spec
+from src.toy_dataset import write_split
+from src.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms, val_transforms
+
+SECTIONS = ["train", "inference", "decode", "data", "eval", "memory"]
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--only", nargs="*", choices=SECTIONS, default=SECTIONS)
+    p.add_argument("--models", nargs="*", default=["ssd", "ssdlite"])
+    p.add_argument("--batch-sizes", type=int, nargs="*", default=None, help="training step (default: by device)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
+    p.add_argument("--memory-iters", type=int, default=500)
+    p.add_argument("--data", default=None, help="a toy set at 640x480 (made in a temporary folder if absent)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile for the training step")
+    p.add_argument("--json", default="benchmark.json")
+    return p
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn, device, repeats, warmup=1):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def synthetic_batch(batch, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, 300, 300, generator=g)
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(4, 2, generator=g) * 0.6
+        targets.append({"boxes": torch.cat([xy, xy + 0.1 + 0.3 * torch.rand(4, 2, generator=g)], 1),
+                        "labels": torch.randint(1, 81, (4,), generator=g), "image_id": 0})
+    return images.to(device), targets
+
+
+def bench_train(args, device, rows):
+    sizes = args.batch_sizes or ([32, 64] if device.type == "cuda" else [8])
+    for name in args.models:
+        for amp in [False, True]:
+            for channels_last in ([False, True] if amp else [False]):
+                for compiled in ([False, True] if args.compile else [False]):
+                    for batch in sizes:
+                        rows.append(_train_row(name, batch, amp, channels_last, compiled, device, args.repeats))
+                        print_row(rows[-1])
+
+
+def _train_row(name, batch, amp, channels_last, compiled, device, repeats):
+    torch.manual_seed(0)
+    model = build_model(name, 81).to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compiled else model
+    criterion = MultiBoxLoss(BoxCoder(default_boxes(get_spec(name)).to(device)))
+    optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=1e-4, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
+    images, targets = synthetic_batch(batch, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = median_time(lambda: train_step(net, criterion, optimizer, scaler, images, targets, device, amp,
+                                             channels_last), device, repeats, warmup=3 if compiled else 1)
+    return {"section": "train", "model": name, "batch": batch, "amp": amp, "channels_last": channels_last,
+            "compile": compiled, "images_per_s": batch / seconds,
+            "cuda_max_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def bench_inference(args, device, rows):
+    for name in args.models:
+        model = build_model(name, 81).to(device).eval()
+        post = Postprocessor(BoxCoder(default_boxes(model.spec).to(device)))
+        amp = device.type == "cuda"
+        for batch in [1, 32 if device.type == "cpu" else 64]:
+            images = torch.randn(batch, 3, 300, 300, device=device)
+
+            def infer():
+                with torch.no_grad(), autocast(device, amp):
+                    post(*model(images))
+            rows.append({"section": "inference", "model": name, "batch": batch, "amp": amp,
+                         "images_per_s": batch / median_time(infer, device, args.repeats)})
+            print_row(rows[-1])
+
+
+def realistic_outputs(n, device, seed=0):
+    """SSD300 head outputs, 81 classes, where many (box, class) pairs score above 0.05."""
+    g = torch.Generator().manual_seed(seed)
+    b = get_spec("ssd").num_boxes
+    plabel = torch.randn(n, 81, b, generator=g)
+    plabel += 4.0 * (torch.rand(n, 81, b, generator=g) < 0.03)  # ~3% of pairs score ~0.3-0.5
+    plabel[:, 0] += 2.0
+    ploc = 0.5 * torch.randn(n, 4, b, generator=g)
+    return ploc.to(device), plabel.to(device)
+
+
+def loop_nms_decode(ploc, plabel, coder, score_threshold=0.05, nms_threshold=0.5, max_per_class=200, max_output=200):
+    """The straightforward baseline: per image, per class, a Python while-loop NMS."""
+    results = []
+    for boxes, probs in zip(coder.decode(ploc.transpose(1, 2)), torch.softmax(plabel, dim=1)):
+        out_boxes, out_scores, out_labels = [], [], []
+        for c in range(1, probs.shape[0]):
+            mask = probs[c] > score_threshold
+            scores, cand = probs[c][mask], boxes[mask]
+            if len(scores) == 0:
+                continue
+            order = scores.argsort()[-max_per_class:]
+            keep = []
+            while len(order):
+                best = order[-1]
+                keep.append(best)
+                ious = box_iou(cand[order[:-1]], cand[best][None]).squeeze(1)
+                order = order[:-1][ious < nms_threshold]
+            keep = torch.stack(keep)
+            out_boxes.append(cand[keep])
+            out_scores.append(scores[keep])
+            out_labels += [c] * len(keep)
+        scores = torch.cat(out_scores)
+        top = scores.argsort(descending=True)[:max_output]
+        results.append((torch.cat(out_boxes)[top], torch.tensor(out_labels)[top], scores[top]))
+    return results
+
+
+def bench_decode(args, device, rows):
+    coder = BoxCoder(default_boxes(get_spec("ssd")).to(device))
+    ploc, plabel = realistic_outputs(8, device)
+    post = Postprocessor(coder)
+    ours = median_time(lambda: post(ploc, plabel), device, args.repeats) / 8
+    base = median_time(lambda: loop_nms_decode(ploc[:2], plabel[:2], coder), device, args.repeats, warmup=0) / 2
+    above = int((torch.softmax(plabel, 1)[:, 1:] > 0.05).sum()) // 8
+    rows.append({"section": "decode", "model": "ssd", "batch": 8, "candidates_per_image": above,
+                 "ms_per_image": 1000 * ours, "baseline_ms_per_image": 1000 * base, "speedup": base / ours})
+    print_row(rows[-1])
+
+
+def toy_data(args):
+    if args.data:
+        return args.data
+    root = os.path.join(tempfile.gettempdir(), "ssd_benchmark_toy")
+    if not os.path.exists(coco_paths(root, "val")[0]):
+        write_split(root, "train", 64, seed=0, size=(480, 640))
+        write_split(root, "val", 32, seed=1, size=(480, 640))
+    return root
+
+
+class PilBaseline(torch.utils.data.Dataset):
+    """A plain loader: PIL decode, ColorJitter on the full image, resize, ToTensor, normalise."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.transform = T.Compose([T.ColorJitter(0.125, 0.5, 0.5, 0.05), T.Resize((300, 300)), T.ToTensor(),
+                                    T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        image_id = self.dataset.ids[i]
+        image = Image.open(self.dataset.image_path(image_id)).convert("RGB")
+        boxes, labels = self.dataset.annotations(image_id, image.height, image.width)
+        return self.transform(image), {"boxes": boxes / torch.tensor([image.width, image.height] * 2),
+                                       "labels": labels}
+
+
+def bench_data(args, device, rows):
+    ann, images = coco_paths(toy_data(args), "train")
+    ours = CocoDetection(images, ann, train_transforms())
+    coder = BoxCoder(default_boxes(get_spec("ssd")))
+
+    def per_sample(dataset, encode=False):
+        def run():
+            for i in range(len(dataset)):
+                _, target = dataset[i]
+                if encode:
+                    coder.match_one(target["boxes"], target["labels"])
+        return len(dataset) / median_time(run, torch.device("cpu"), args.repeats)
+    base = per_sample(PilBaseline(ours))
+    for label, rate in [("ours: OpenCV + transforms.v2 (SSD augmentation)", per_sample(ours)),
+                        ("ours + IoU matching in the worker", per_sample(ours, encode=True))]:
+        rows.append({"section": "data", "pipeline": label, "image_size": "640x480", "samples_per_s_per_worker": rate,
+                     "baseline_samples_per_s": base, "speedup": rate / base})
+        print_row(rows[-1])
+    images_, targets = collate([ours[i] for i in range(32)])
+    batched = median_time(lambda: coder.match(*pad_targets(targets)), torch.device("cpu"), args.repeats) / 32
+    rows.append({"section": "data", "pipeline": "IoU matching batched after transfer (CPU here)",
+                 "ms_per_sample": 1000 * batched})
+    print_row(rows[-1])
+
+
+def bench_eval(args, device, rows):
+    ann, images = coco_paths(toy_data(args), "val")
+    dataset = CocoDetection(images, ann, val_transforms())
+    model = build_model("ssdlite", dataset.num_classes).to(device).eval()
+    coder = BoxCoder(default_boxes(model.spec).to(device))
+    post = Postprocessor(coder, score_threshold=0.01)
+
+    def ours():
+        evaluate(model, post, dataset, device, dataset.category_ids, batch_size=32, num_workers=2)
+
+    def baseline():
+        for i in range(len(dataset)):
+            image, _ = dataset[i]
+            with torch.no_grad():
+                loop_nms_decode(*model(image[None].to(device)), coder, score_threshold=0.01)
+    t_ours = median_time(ours, device, args.repeats, warmup=0) / len(dataset)
+    t_base = median_time(baseline, device, 1, warmup=0) / len(dataset)
+    rows.append({"section": "eval", "model": "ssdlite", "images": len(dataset), "s_per_image": t_ours,
+                 "baseline_s_per_image": t_base, "speedup": t_base / t_ours})
+    print_row(rows[-1])
+
+
+def bench_memory(args, device, rows):
+    model = build_model("ssdlite", 81).to(device).train()
+    criterion = MultiBoxLoss(BoxCoder(default_boxes(model.spec).to(device)))
+    optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=1e-4, momentum=0.9)
+    images, targets = synthetic_batch(2, device)
+    marks = {}
+    for it in range(1, args.memory_iters + 1):
+        train_step(model, criterion, optimizer, None, images, targets, device)
+        if it in (50, args.memory_iters):
+            sync(device)
+            marks[it] = (_current_rss_mb(), torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0)
+    first, last = marks[50], marks[args.memory_iters]
+    rows.append({"section": "memory", "iterations": args.memory_iters, "rss_mb_at_50": first[0],
+                 "rss_mb_at_end": last[0], "cuda_allocated_mb_at_50": first[1], "cuda_allocated_mb_at_end": last[1]})
+    print_row(rows[-1])
+
+
+def _current_rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def print_row(row):
+    cells = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if v is not None]
+    print("  ".join(cells), flush=True)
+
+
+def machine(device):
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": str(device),
+            "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(args):
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    print(json.dumps(machine(device)))
+    benches = {"train": bench_train, "inference": bench_inference, "decode": bench_decode, "data": bench_data,
+               "eval": bench_eval, "memory": bench_memory}
+    for section in SECTIONS:
+        if section in args.only:
+            benches[section](args, device, rows)
+    with open(args.json, "w") as f:
+        json.dump({"machine": machine(device), "settings": vars(args), "results": rows}, f, indent=1)
+    print(f"written to {args.json}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

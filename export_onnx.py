@@ -1,0 +1,79 @@
+"""Export a checkpoint (ours, the original's or NVIDIA's) to ONNX, with a dynamic batch axis.
+
+    python export_onnx.py --pretrained-model trained_models/ssd.pth --output ssd.onnx
+    python export_onnx.py --pretrained-model SSD.pth --output ssd_nms.onnx --with-nms
+
+Without --with-nms the graph outputs the raw ``ploc`` (N, 4, B) and ``plabel`` (N, C, B), and the
+default boxes (B, 4, normalised cx, cy, w, h) go to <output>.dboxes.npy beside it. With --with-nms
+it outputs ``boxes`` (N, 200, 4, normalised ltrb), ``labels`` and ``scores`` (N, 200); empty slots
+have score 0. Inputs are (N, 3, 300, 300) RGB, scaled to [0, 1] and normalised with the ImageNet
+mean and std. Needs the onnx package (requirements-dev.txt).
+"""
+import argparse
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+
+from src.box_coder import BoxCoder
+from src.cli import output_folder, run_cli
+from src.default_boxes import default_boxes
+from src.detector import load_checkpoint_model
+from src.errors import UserError
+from src.export import ExportableSSD
+from src.specs import MODEL_NAMES
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--pretrained-model", "--pretrained_model", required=True)
+    p.add_argument("--model", choices=MODEL_NAMES, default=None, help="checked against the checkpoint if given")
+    p.add_argument("--output", required=True, help="the .onnx file to write")
+    p.add_argument("--with-nms", action="store_true", help="decode and run NMS inside the graph")
+    p.add_argument("--cls-threshold", type=float, default=0.05)
+    p.add_argument("--nms-threshold", type=float, default=0.5)
+    p.add_argument("--opset", type=int, default=17)
+    return p
+
+
+def export(module, path, decode, opset):
+    names = ["boxes", "labels", "scores"] if decode else ["ploc", "plabel"]
+    dummy = torch.randn(1, 3, 300, 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(module, (dummy,), path, dynamo=False, opset_version=opset, input_names=["images"],
+                          output_names=names, dynamic_axes={n: {0: "batch"} for n in ["images", *names]})
+
+
+def add_metadata(path, model_name, ids, names):
+    import onnx
+    graph = onnx.load(path)
+    for key, value in {"model": model_name, "category_ids": json.dumps(ids),
+                       "category_names": json.dumps(names)}.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, path)
+
+
+def main(args):
+    try:
+        import onnx  # noqa: F401  (checked before the long export)
+    except ImportError:
+        raise UserError("export needs the onnx package: pip install -r requirements-dev.txt") from None
+    model, ids, names = load_checkpoint_model(args.pretrained_model, args.model)
+    coder = BoxCoder(default_boxes(model.spec))
+    module = ExportableSSD(model, coder, decode=args.with_nms, score_threshold=args.cls_threshold,
+                           nms_threshold=args.nms_threshold).eval()
+    output_folder(os.path.dirname(os.path.abspath(args.output)))
+    export(module, args.output, args.with_nms, args.opset)
+    add_metadata(args.output, model.spec.name, ids, names)
+    print(f"{args.output}: {model.spec.name}, {len(names)} classes, "
+          f"{'boxes/labels/scores (decoded in the graph)' if args.with_nms else 'ploc/plabel'}")
+    if not args.with_nms:
+        np.save(os.path.splitext(args.output)[0] + ".dboxes.npy", coder.dboxes_xywh.numpy())
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())
