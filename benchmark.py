@@ -228,8 +228,8 @@ def bench_data(args, device, rows):
         rows.append({"section": "data", "pipeline": label, "image_size": "640x480", "samples_per_s_per_worker": rate,
                      "baseline_samples_per_s": base, "speedup": rate / base})
         print_row(rows[-1])
-    images_, targets = collate([ours[i] for i in range(32)])
-    batched = median_time(lambda: coder.match(*pad_targets(targets)), torch.device("cpu"), args.repeats) / 32
+    _, targets = collate([ours[i] for i in range(min(32, len(ours)))])
+    batched = median_time(lambda: coder.match(*pad_targets(targets)), torch.device("cpu"), args.repeats) / len(targets)
     rows.append({"section": "data", "pipeline": "IoU matching batched after transfer (CPU here)",
                  "ms_per_sample": 1000 * batched})
     print_row(rows[-1])
