@@ -80,4 +80,6 @@ def _faster_coco_eval(coco_gt, results):
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    return evaluator.stats[:12], "".join(line + "\n" for line in lines)
+    # it adds two recall lines after the standard twelve: print pycocotools' summary only
+    summary = [line for line in lines if line.lstrip().startswith("Average")][:12]
+    return evaluator.stats[:12], "".join(line + "\n" for line in summary)
