@@ -9,6 +9,8 @@ PIL + ToTensor + ColorJitter loader, one-image-at-a-time evaluation) are written
 the same inputs in the same run, and reported as ratios.
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import platform
@@ -23,6 +25,7 @@ from torchvision import transforms as T
 from torchvision.ops import box_iou
 
 from src.box_coder import BoxCoder, pad_targets
+from src.coco_eval import coco_evaluate, to_coco_results
 from src.dataset import CocoDetection, coco_paths, collate
 from src.default_boxes import default_boxes
 from src.engine import autocast, evaluate, train_step
@@ -243,13 +246,18 @@ def bench_eval(args, device, rows):
     post = Postprocessor(coder, score_threshold=0.01)
 
     def ours():
-        evaluate(model, post, dataset, device, dataset.category_ids, batch_size=32, num_workers=2)
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluate(model, post, dataset, device, dataset.category_ids, batch_size=32, num_workers=0)
 
-    def baseline():
+    def baseline():  # one image at a time, per-class loop NMS, then the same COCOeval
+        detections, ids, sizes = [], [], []
         for i in range(len(dataset)):
-            image, _ = dataset[i]
+            image, target = dataset[i]
             with torch.no_grad():
-                loop_nms_decode(*model(image[None].to(device)), coder, score_threshold=0.01)
+                detections += loop_nms_decode(*model(image[None].to(device)), coder, score_threshold=0.01)
+            ids.append(target["image_id"])
+            sizes.append(target["orig_size"])
+        coco_evaluate(dataset.coco, to_coco_results(detections, ids, sizes, dataset.category_ids), verbose=False)
     t_ours = median_time(ours, device, args.repeats, warmup=0) / len(dataset)
     t_base = median_time(baseline, device, 1, warmup=0) / len(dataset)
     rows.append({"section": "eval", "model": "ssdlite", "images": len(dataset), "s_per_image": t_ours,
