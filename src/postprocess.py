@@ -37,8 +37,8 @@ class Postprocessor:
 
         k = min(self.max_per_class, num_boxes)
         top_scores, top_index = scores.topk(k, dim=2)  # (N, C-1, k)
-        image, cls, _ = torch.nonzero(top_scores > self.score_threshold, as_tuple=True)
-        keep = top_scores > self.score_threshold
+        keep = top_scores > self.score_threshold  # (N, C-1, k)
+        image, cls, _ = keep.nonzero(as_tuple=True)
         cand_scores = top_scores[keep]  # (K,)
         cand_boxes = boxes[image, top_index[keep]]  # (K, 4)
         cand_labels = cls + 1
