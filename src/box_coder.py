@@ -38,9 +38,6 @@ class BoxCoder:
         self.dboxes_ltrb = box_convert(dboxes_xywh, "cxcywh", "xyxy")
         self.iou_threshold = iou_threshold
 
-    def to(self, device) -> "BoxCoder":
-        return BoxCoder(self.dboxes_xywh.to(device), self.iou_threshold)
-
     @property
     def num_boxes(self) -> int:
         return self.dboxes_xywh.shape[0]

@@ -72,11 +72,6 @@ def broadcast_object(obj):
     return box[0]
 
 
-def barrier():
-    if is_distributed():
-        dist.barrier()
-
-
 def cleanup():
     if is_distributed():
         dist.destroy_process_group()
