@@ -19,9 +19,12 @@ import statistics
 import tempfile
 import time
 
+import cv2
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 from torchvision.ops import box_iou
 
 from src.box_coder import BoxCoder, pad_targets
@@ -35,7 +38,7 @@ from src.optim import param_groups
 from src.postprocess import Postprocessor
 from src.specs import get_spec
 from src.toy_dataset import write_split
-from src.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms, val_transforms
+from src.transforms import IMAGENET_MEAN, IMAGENET_STD, IOU_CROP_OPTIONS, train_transforms, val_transforms
 
 SECTIONS = ["train", "inference", "decode", "data", "eval", "memory"]
 
@@ -213,25 +216,52 @@ class PilBaseline(torch.utils.data.Dataset):
                                        "labels": labels}
 
 
+def torchvision_v2_augmentation():
+    """The same SSD augmentation as a plain transforms.v2 composition, for comparison."""
+    fill = {tv_tensors.Image: [round(255 * m) for m in IMAGENET_MEAN], "others": 0}
+    return v2.Compose([v2.RandomZoomOut(fill=fill, side_range=(1.0, 4.0), p=0.5),
+                       v2.RandomIoUCrop(sampler_options=IOU_CROP_OPTIONS), v2.RandomHorizontalFlip(),
+                       v2.Resize((300, 300)), v2.RandomPhotometricDistort(), v2.ClampBoundingBoxes(),
+                       v2.SanitizeBoundingBoxes(), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Like a DataLoader worker: one intra-op thread for torch and for OpenCV."""
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
+
+
 def bench_data(args, device, rows):
     ann, images = coco_paths(toy_data(args), "train")
-    ours = CocoDetection(images, ann, train_transforms())
     coder = BoxCoder(default_boxes(get_spec("ssd")))
 
-    def per_sample(dataset, encode=False):
+    def per_sample(transforms, encode=False, pil=False):
+        dataset = CocoDetection(images, ann, transforms)
+        dataset = PilBaseline(dataset) if pil else dataset
+
         def run():
             for i in range(len(dataset)):
                 _, target = dataset[i]
                 if encode:
                     coder.match_one(target["boxes"], target["labels"])
         return len(dataset) / median_time(run, torch.device("cpu"), args.repeats)
-    base = per_sample(PilBaseline(ours))
-    for label, rate in [("ours: OpenCV + transforms.v2 (SSD augmentation)", per_sample(ours)),
-                        ("ours + IoU matching in the worker", per_sample(ours, encode=True))]:
-        rows.append({"section": "data", "pipeline": label, "image_size": "640x480", "samples_per_s_per_worker": rate,
-                     "baseline_samples_per_s": base, "speedup": rate / base})
-        print_row(rows[-1])
-    _, targets = collate([ours[i] for i in range(min(32, len(ours)))])
+    with one_thread():
+        base = per_sample(None, pil=True)
+        for label, rate in [("ours: OpenCV decode + fused SSD augmentation", per_sample(train_transforms())),
+                            ("ours + IoU matching in the worker", per_sample(train_transforms(), encode=True)),
+                            ("OpenCV decode + transforms.v2 SSD augmentation", per_sample(torchvision_v2_augmentation()))]:
+            rows.append({"section": "data", "pipeline": label, "image_size": "640x480",
+                         "samples_per_s_per_worker": rate, "baseline_samples_per_s": base, "speedup": rate / base})
+            print_row(rows[-1])
+    _, targets = collate([CocoDetection(images, ann, train_transforms())[i] for i in range(32)])
     batched = median_time(lambda: coder.match(*pad_targets(targets)), torch.device("cpu"), args.repeats) / len(targets)
     rows.append({"section": "data", "pipeline": "IoU matching batched after transfer (CPU here)",
                  "ms_per_sample": 1000 * batched})

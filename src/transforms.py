@@ -1,12 +1,13 @@
 """Paired (image, target) transforms: the SSD paper's augmentation and the validation resize.
 
-Images are uint8 ``tv_tensors.Image`` (3, H, W); ``target["boxes"]`` is a
-``tv_tensors.BoundingBoxes`` in pixel ltrb (XYXY). Every step keeps the boxes inside the
-image, and ``SanitizeBoundingBoxes`` drops any box (with its label) that lost its area.
+Images come in as uint8 ``tv_tensors.Image`` (3, H, W) and leave as normalised float
+(3, size, size); ``target["boxes"]`` is a ``tv_tensors.BoundingBoxes`` in pixel ltrb (XYXY).
 """
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from . import augment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -17,25 +18,35 @@ def _normalize():
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
 
 
-def train_transforms(size: int = 300, zoom_out: float = 4.0) -> v2.Compose:
-    """Zoom-out (up to ``zoom_out`` x, 1 turns it off), IoU-constrained crop, flip, resize,
-    photometric distortion, normalisation.
+class SSDAugmentation:
+    """The training transform: zoom-out (up to ``zoom_out`` x; 1 turns it off), IoU-constrained
+    crop, flip and resize to ``size`` in one resampling, photometric distortion on the small
+    image, normalisation. See :mod:`src.augment` for why this is not a ``v2.Compose``.
 
-    Photometric distortion runs after the resize: on a 300x300 image rather than on a
-    zoomed-out canvas of up to 4x the original size, which is several times cheaper.
+    Takes and returns ``(image, target)``: a uint8 (3, H, W) image and ``target["boxes"]``
+    pixel ltrb; returns a float (3, size, size) image and ``BoundingBoxes`` on it, every box
+    inside the image and at least 1 pixel wide and high (the others are dropped with their labels).
     """
-    mean_fill = [round(255 * m) for m in IMAGENET_MEAN]
-    zoom = [v2.RandomZoomOut(fill={tv_tensors.Image: mean_fill, "others": 0}, side_range=(1.0, zoom_out), p=0.5)]
-    return v2.Compose([
-        *(zoom if zoom_out > 1 else []),
-        v2.RandomIoUCrop(sampler_options=IOU_CROP_OPTIONS),
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.Resize((size, size), antialias=True),
-        v2.RandomPhotometricDistort(p=0.5),
-        v2.ClampBoundingBoxes(),
-        v2.SanitizeBoundingBoxes(min_size=1.0),
-        *_normalize(),
-    ])
+
+    def __init__(self, size: int = 300, zoom_out: float = 4.0, min_ious=IOU_CROP_OPTIONS):
+        self.size, self.zoom_out, self.min_ious = size, zoom_out, min_ious
+        self.fill = [round(255 * m) for m in IMAGENET_MEAN]
+        self.normalize = v2.Compose(_normalize())
+
+    def __call__(self, image, target):
+        h, w = image.shape[-2:]
+        boxes = target["boxes"].as_subclass(torch.Tensor)
+        g = augment.sample_geometry(boxes, h, w, self.zoom_out, self.min_ious)
+        pixels = augment.photometric_distort(augment.render(image.as_subclass(torch.Tensor), g, self.size, self.fill))
+        boxes, labels = augment.move_boxes(boxes, target["labels"], g, self.size)
+        image = tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())  # (3, size, size) uint8
+        boxes = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(self.size, self.size))
+        return self.normalize(image), {**target, "boxes": boxes, "labels": labels}
+
+
+def train_transforms(size: int = 300, zoom_out: float = 4.0) -> SSDAugmentation:
+    """The SSD paper's augmentation; see :class:`SSDAugmentation`."""
+    return SSDAugmentation(size, zoom_out)
 
 
 def val_transforms(size: int = 300) -> v2.Compose:

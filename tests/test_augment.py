@@ -1,0 +1,122 @@
+"""The fused SSD augmentation against torchvision's functional ops, and boxes against pixels."""
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torchvision import tv_tensors
+from torchvision.ops import box_iou
+from torchvision.transforms.v2 import functional as F
+
+from src import augment
+from src.augment import Geometry
+from src.transforms import SSDAugmentation
+
+FILL = [124, 116, 104]
+
+
+@st.composite
+def one_box_images(draw):
+    h, w = draw(st.integers(20, 90)), draw(st.integers(20, 90))
+    x0, y0 = draw(st.integers(0, w - 12)), draw(st.integers(0, h - 12))
+    x1, y1 = draw(st.integers(x0 + 10, w)), draw(st.integers(y0 + 10, h))
+    return h, w, torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32), draw(st.integers(0, 2**31 - 1))
+
+
+@settings(max_examples=100, deadline=None)
+@given(one_box_images())
+def test_boxes_follow_the_pixels(sample):
+    """A white box on black: wherever the geometry puts it, the output box covers white pixels."""
+    h, w, boxes, seed = sample
+    image = torch.zeros(3, h, w, dtype=torch.uint8)
+    x0, y0, x1, y1 = boxes[0].int().tolist()
+    image[:, y0:y1, x0:x1] = 255
+    torch.manual_seed(seed)
+    g = augment.sample_geometry(boxes, h, w, 4.0, [0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+    pixels = augment.render(image, g, 300, [0, 0, 0])[..., 0]  # (300, 300)
+    out, labels = augment.move_boxes(boxes, torch.tensor([1]), g, 300)
+    if len(out) == 0:
+        return
+    bx0, by0, bx1, by1 = out[0].tolist()
+    # one source pixel spans this many output pixels: the blur of the resampling at an edge
+    m = 1 + int(max(300 / (g.crop[2] - g.crop[0]), 300 / (g.crop[3] - g.crop[1])))
+    inner = pixels[round(by0) + m:round(by1) - m, round(bx0) + m:round(bx1) - m]
+    assert inner.size == 0 or inner.min() > 200
+    white = np.argwhere(pixels > 128)  # (k, 2) rows, columns
+    assert (white[:, 1] >= bx0 - m).all() and (white[:, 1] <= bx1 + m).all()
+    assert (white[:, 0] >= by0 - m).all() and (white[:, 0] <= by1 + m).all()
+
+
+def _reference(image, boxes, g: Geometry, size):
+    """The same geometry through torchvision's functional ops, building the whole canvas."""
+    h, w = image.shape[-2:]
+    pad = [g.left, g.top, g.canvas_w - w - g.left, g.canvas_h - h - g.top]
+    image, boxes = F.pad(image, pad, fill=FILL), F.pad(boxes, pad)
+    x0, y0, x1, y1 = g.crop
+    image, boxes = F.crop(image, y0, x0, y1 - y0, x1 - x0), F.crop(boxes, y0, x0, y1 - y0, x1 - x0)
+    image, boxes = F.resize(image, [size, size], antialias=True), F.resize(boxes, [size, size])
+    if g.flip:
+        image, boxes = F.horizontal_flip(image), F.horizontal_flip(boxes)
+    return image, boxes
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_fused_geometry_matches_canvas_then_crop_then_resize(seed):
+    torch.manual_seed(seed)
+    h, w = 48, 64
+    ramp = torch.linspace(0, 255, w).expand(h, w)
+    image = tv_tensors.Image(torch.stack([ramp, torch.full((h, w), 90.0), 255 - ramp]).to(torch.uint8))
+    boxes = tv_tensors.BoundingBoxes([[4.0, 6, 30, 40], [20, 10, 60, 44]], format="XYXY", canvas_size=(h, w))
+    g = augment.sample_geometry(boxes.as_subclass(torch.Tensor), h, w, 4.0, [0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+    ref_image, ref_boxes = _reference(image, boxes, g, 60)
+
+    ours = torch.from_numpy(augment.render(image.as_subclass(torch.Tensor), g, 60, FILL)).permute(2, 0, 1)
+    diff = (ours.int() - ref_image.int()).abs().float()
+    assert diff.mean() < 6  # resampling the visible part alone differs only along its edges
+    moved, labels = augment.move_boxes(boxes.as_subclass(torch.Tensor), torch.tensor([1, 2]), g, 60, min_size=0)
+    expected = F.clamp_bounding_boxes(ref_boxes).as_subclass(torch.Tensor)[labels - 1]
+    torch.testing.assert_close(moved, expected, atol=1e-3, rtol=0)
+
+
+def test_crop_meets_the_ssd_constraints():
+    boxes = torch.tensor([[10.0, 20, 60, 80], [100, 30, 150, 70]])
+    for seed in range(50):
+        torch.manual_seed(seed)
+        x0, y0, x1, y1 = augment.sample_crop(boxes, 120, 200, [0.7])
+        cw, ch = x1 - x0, y1 - y0
+        assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 120
+        assert 0.3 * 200 - 1 <= cw and 0.3 * 120 - 1 <= ch and 0.5 <= cw / ch <= 2
+        crop = torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32)
+        assert box_iou(crop, boxes).max() >= 0.7
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        assert ((centres > crop[:, :2]) & (centres < crop[:, 2:])).all(1).any()
+
+
+def test_crop_without_boxes_keeps_the_image():
+    torch.manual_seed(0)
+    assert augment.sample_crop(torch.zeros(0, 4), 50, 70, [0.1, 0.5, 1.0]) == (0, 0, 70, 50)
+
+
+def test_colour_steps_match_torchvision():
+    torch.manual_seed(0)
+    chw = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8)
+    rgb = np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+
+    def close(ours, theirs, tol):
+        assert (torch.from_numpy(ours).permute(2, 0, 1).int() - theirs.int()).abs().float().mean() <= tol
+
+    close(augment._affine(rgb, 1.1, 0), F.adjust_brightness(chw, 1.1), 1)
+    close(augment._contrast(rgb, 0.6), F.adjust_contrast(chw, 0.6), 1)
+    close(augment._shift_hue(rgb, 0.04), F.adjust_hue(chw, 0.04), 3)  # 8-bit HSV: 2-degree hue steps
+
+
+def test_augmentation_is_reproducible_from_the_torch_seed():
+    image = tv_tensors.Image(torch.randint(0, 256, (3, 60, 80), dtype=torch.uint8))
+    target = {"boxes": tv_tensors.BoundingBoxes([[5.0, 5, 40, 50]], format="XYXY", canvas_size=(60, 80)),
+              "labels": torch.tensor([3])}
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        runs.append(SSDAugmentation(size=64)(image, target))
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[0][1]["boxes"], runs[1][1]["boxes"])
