@@ -1,7 +1,5 @@
 """From raw head outputs to detections: softmax, decode, threshold, per-class NMS."""
 import torch
-from torchvision.ops import batched_nms
-
 from .box_coder import BoxCoder
 
 
@@ -35,29 +33,52 @@ class Postprocessor:
         boxes = self.coder.decode(ploc.float().transpose(1, 2))  # (N, B, 4)
         scores = torch.softmax(plabel.float(), dim=1)[:, 1:]  # (N, C-1, B)
 
-        k = min(self.max_per_class, num_boxes)
-        top_scores, top_index = scores.topk(k, dim=2)  # (N, C-1, k)
-        keep = top_scores > self.score_threshold  # (N, C-1, k)
-        image, cls, _ = keep.nonzero(as_tuple=True)
-        cand_scores = top_scores[keep]  # (K,)
-        cand_boxes = boxes[image, top_index[keep]]  # (K, 4)
-        cand_labels = cls + 1
+        # the best max_per_class boxes of every (image, class) group, by descending score
+        top_scores, top_index = scores.topk(min(self.max_per_class, num_boxes), dim=2)  # (N, C-1, k)
+        valid = top_scores > self.score_threshold
+        k = max(int(valid.sum(2).max()), 1)  # no group has more candidates than this
+        top_scores, top_index, valid = top_scores[..., :k], top_index[..., :k], valid[..., :k]
+        cand = boxes[torch.arange(n, device=boxes.device)[:, None, None], top_index]  # (N, C-1, k, 4)
+        keep = greedy_nms(cand.flatten(0, 1), valid.flatten(0, 1), self.nms_threshold)  # (N * (C-1), k)
 
-        # one NMS call for the whole batch: a group per (image, class)
-        kept = batched_nms(cand_boxes, cand_scores, image * num_classes + cand_labels, self.nms_threshold)
-        kept = kept[self._rank_within_image(image[kept], n) < self.max_output]
-        kept = kept[torch.argsort(image[kept], stable=True)]  # group by image, scores still descending
-        counts = torch.bincount(image[kept], minlength=n).tolist()
-        return list(zip(cand_boxes[kept].clamp(0, 1).split(counts),
-                        cand_labels[kept].split(counts),
-                        cand_scores[kept].split(counts)))
+        # the best max_output survivors of each image
+        kept_scores = top_scores.masked_fill(~keep.view_as(valid), -1).flatten(1)  # (N, (C-1) * k)
+        best, where = kept_scores.topk(min(self.max_output, kept_scores.shape[1]), dim=1)  # (N, M)
+        best_boxes = cand.flatten(1, 2).gather(1, where[..., None].expand(-1, -1, 4)).clamp(0, 1)  # (N, M, 4)
+        best_labels = where // k + 1
+        return [(b[m], lab[m], s[m]) for b, lab, s, m in zip(best_boxes, best_labels, best, best >= 0)]
 
-    @staticmethod
-    def _rank_within_image(image: torch.Tensor, n: int) -> torch.Tensor:
-        """Rank of each entry among those of its image, for ``image`` ids in score order."""
-        order = torch.argsort(image, stable=True)
-        counts = torch.bincount(image, minlength=n)
-        starts = torch.cumsum(counts, 0) - counts  # (N,)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order), device=image.device) - starts[image[order]]
-        return rank
+
+def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
+               chunk_pairs: int = 2**20) -> torch.Tensor:
+    """Non-maximum suppression of many groups at once, exactly as greedy per-group NMS.
+
+    Each group's boxes come sorted by descending score. A box is kept unless a kept box
+    before it in its group overlaps it by IoU > ``iou_threshold``. The overlaps of all pairs
+    are computed batched; the greedy pass walks the k ranks, each step over all groups, so
+    there is no Python loop over groups or classes (on a GPU: k small kernels, not thousands).
+
+    :param boxes: (G, k, 4) ltrb, each group by descending score
+    :param valid: (G, k) bool, False for padding
+    :param chunk_pairs: the (G, k, k) overlaps are built this many pairs at a time: the
+        temporaries stay in cache and memory stays bounded
+    :return: keep (G, k) bool
+    """
+    g, k = valid.shape
+    step = max(1, chunk_pairs // (k * k))
+    over = torch.cat([_overlaps(boxes[i:i + step], iou_threshold) for i in range(0, g, step)])  # (G, k, k)
+    keep = valid.clone()
+    for i in range(k - 1):
+        keep[:, i + 1:] &= ~(over[:, i, i + 1:] & keep[:, i, None])
+    return keep
+
+
+def _overlaps(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """(G, k, k) bool: IoU(box i, box j) > threshold, within each group of (G, k, 4) ltrb boxes."""
+    l, t, r, b = boxes[..., None].unbind(-2)  # each (G, k, 1)
+    lt, tt, rt, bt = (v.transpose(1, 2) for v in (l, t, r, b))  # each (G, 1, k)
+    inter = torch.minimum(r, rt).sub_(torch.maximum(l, lt)).clamp_(min=0)  # (G, k, k) widths
+    inter.mul_(torch.minimum(b, bt).sub_(torch.maximum(t, tt)).clamp_(min=0))
+    # IoU > t  <=>  inter > t / (1 + t) * (area_i + area_j): no division, no union tensor
+    scaled_area = (r - l).clamp(min=0) * (b - t).clamp(min=0) * (iou_threshold / (1 + iou_threshold))
+    return inter > scaled_area + scaled_area.transpose(1, 2)

@@ -1,8 +1,9 @@
 import torch
+from torchvision.ops import nms
 
 from src.box_coder import BoxCoder
 from src.default_boxes import default_boxes
-from src.postprocess import Postprocessor
+from src.postprocess import Postprocessor, greedy_nms
 from src.specs import SSDLITE
 
 
@@ -47,3 +48,18 @@ def test_no_detections_gives_empty_tensors():
     out = post(torch.zeros(2, 4, b), plabel)
     assert [len(s) for _, _, s in out] == [0, 0]
     assert out[0][0].shape == (0, 4)
+
+
+def test_greedy_nms_equals_torchvision_nms_per_group():
+    g = torch.Generator().manual_seed(3)
+    groups, k = 12, 40
+    xy = torch.rand(groups, k, 2, generator=g)
+    boxes = torch.cat([xy, xy + 0.05 + 0.3 * torch.rand(groups, k, 2, generator=g)], dim=-1)  # (G, k, 4)
+    counts = torch.randint(0, k + 1, (groups,), generator=g)
+    valid = torch.arange(k)[None] < counts[:, None]  # (G, k), padding at the end
+    scores = torch.linspace(1, 0.1, k)  # each group by descending score
+    for chunk_pairs in (2**20, 1):  # one chunk, and one group per chunk
+        keep = greedy_nms(boxes, valid, 0.45, chunk_pairs=chunk_pairs)
+        for i in range(groups):
+            expected = nms(boxes[i, :counts[i]], scores[:counts[i]], 0.45).sort().values
+            assert keep[i].nonzero().flatten().tolist() == expected.tolist()
