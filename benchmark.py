@@ -29,6 +29,7 @@ from torchvision.ops import box_iou
 
 from src.box_coder import BoxCoder, pad_targets
 from src.coco_eval import coco_evaluate, to_coco_results
+from src.coco_names import COCO_CATEGORIES
 from src.dataset import CocoDetection, coco_paths, collate
 from src.default_boxes import default_boxes
 from src.engine import autocast, evaluate, train_step
@@ -50,6 +51,8 @@ def get_args_parser():
     p.add_argument("--models", nargs="*", default=["ssd", "ssdlite"])
     p.add_argument("--batch-sizes", type=int, nargs="*", default=None, help="training step (default: by device)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
+    p.add_argument("--eval-batch-size", type=int, default=None,
+                   help="test_dataset.py's --batch-size (default: as there, 32 on a GPU, 8 on a CPU)")
     p.add_argument("--memory-iters", type=int, default=500)
     p.add_argument("--data", default=None, help="a toy set at 640x480 (made in a temporary folder if absent)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile for the training step")
@@ -99,6 +102,13 @@ def bench_train(args, device, rows):
                     for batch in sizes:
                         rows.append(_train_row(name, batch, amp, channels_last, compiled, device, args.repeats))
                         print_row(rows[-1])
+        if device.type == "cuda":  # the best setting again, with cudnn.benchmark off
+            torch.backends.cudnn.benchmark = False
+            for batch in sizes:
+                rows.append({**_train_row(name, batch, True, True, False, device, args.repeats),
+                             "cudnn_benchmark": False})
+                print_row(rows[-1])
+            torch.backends.cudnn.benchmark = True
 
 
 def _train_row(name, batch, amp, channels_last, compiled, device, repeats):
@@ -122,19 +132,23 @@ def _train_row(name, batch, amp, channels_last, compiled, device, repeats):
 
 
 def bench_inference(args, device, rows):
+    amp = device.type == "cuda"
     for name in args.models:
         model = build_model(name, 81).to(device).eval()
         post = Postprocessor(BoxCoder(default_boxes(model.spec).to(device)))
-        amp = device.type == "cuda"
-        for batch in [1, 32 if device.type == "cpu" else 64]:
-            images = torch.randn(batch, 3, 300, 300, device=device)
+        for channels_last in [False, True]:
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            model = model.to(memory_format=fmt)
+            for batch in [1, 32 if device.type == "cpu" else 64]:
+                images = torch.randn(batch, 3, 300, 300, device=device).contiguous(memory_format=fmt)
 
-            def infer():
-                with torch.no_grad(), autocast(device, amp):
-                    post(*model(images))
-            rows.append({"section": "inference", "model": name, "batch": batch, "amp": amp,
-                         "images_per_s": batch / median_time(infer, device, args.repeats)})
-            print_row(rows[-1])
+                def infer():
+                    with torch.no_grad(), autocast(device, amp):
+                        post(*model(images))
+                rows.append({"section": "inference", "model": name, "batch": batch, "amp": amp,
+                             "channels_last": channels_last,
+                             "images_per_s": batch / median_time(infer, device, args.repeats)})
+                print_row(rows[-1])
 
 
 def realistic_outputs(n, device, seed=0):
@@ -169,9 +183,10 @@ def loop_nms_decode(ploc, plabel, coder, score_threshold=0.05, nms_threshold=0.5
             out_boxes.append(cand[keep])
             out_scores.append(scores[keep])
             out_labels += [c] * len(keep)
-        scores = torch.cat(out_scores)
+        scores = torch.cat(out_scores) if out_scores else torch.zeros(0)
         top = scores.argsort(descending=True)[:max_output]
-        results.append((torch.cat(out_boxes)[top], torch.tensor(out_labels)[top], scores[top]))
+        boxes = torch.cat(out_boxes) if out_boxes else torch.zeros(0, 4)
+        results.append((boxes[top], torch.tensor(out_labels, dtype=torch.long)[top], scores[top]))
     return results
 
 
@@ -261,38 +276,74 @@ def bench_data(args, device, rows):
             rows.append({"section": "data", "pipeline": label, "image_size": "640x480",
                          "samples_per_s_per_worker": rate, "baseline_samples_per_s": base, "speedup": rate / base})
             print_row(rows[-1])
-    _, targets = collate([CocoDetection(images, ann, train_transforms())[i] for i in range(32)])
+    dataset = CocoDetection(images, ann, train_transforms())
+    _, targets = collate([dataset[i] for i in range(min(32, len(dataset)))])
     batched = median_time(lambda: coder.match(*pad_targets(targets)), torch.device("cpu"), args.repeats) / len(targets)
     rows.append({"section": "data", "pipeline": "IoU matching batched after transfer (CPU here)",
                  "ms_per_sample": 1000 * batched})
     print_row(rows[-1])
 
 
-def bench_eval(args, device, rows):
+class TrainedScoreProfile(torch.nn.Module):
+    """The model, with its class logits swapped for those of :func:`realistic_outputs`: an
+    untrained model scores every class about 1/81 everywhere, so nothing passes the 0.05
+    threshold and decoding costs nothing; a trained one leaves many candidates to NMS."""
+
+    def __init__(self, model, bank=8):
+        super().__init__()
+        self.model = model
+        self.register_buffer("plabel", realistic_outputs(bank, torch.device("cpu"))[1][:, :, :model.spec.num_boxes])
+
+    def forward(self, images):
+        ploc, plabel = self.model(images)
+        pick = torch.arange(len(images)) % len(self.plabel)
+        return ploc, self.plabel[pick].to(plabel.device)
+
+
+def eval_set(args):
+    """The toy val set, declaring COCO's 80 categories (the toy ids are COCO ids)."""
     ann, images = coco_paths(toy_data(args), "val")
-    dataset = CocoDetection(images, ann, val_transforms())
+    with open(ann) as f:
+        data = json.load(f)
+    data["categories"] = [{"id": i, "name": n} for i, n in COCO_CATEGORIES]
+    path = os.path.join(tempfile.mkdtemp(), "instances_val2017_coco80.json")
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return CocoDetection(images, path, val_transforms())
+
+
+def bench_eval(args, device, rows):
+    """test_dataset.py's path (batches, NHWC, batched NMS, COCOeval) against one image at a time
+    with the per-class loop NMS and the same COCOeval."""
+    dataset = eval_set(args)
+    batch = args.eval_batch_size or (32 if device.type == "cuda" else 8)
     model = build_model("ssdlite", dataset.num_classes).to(device).eval()
     coder = BoxCoder(default_boxes(model.spec).to(device))
-    post = Postprocessor(coder, score_threshold=0.01)
+    post = Postprocessor(coder, score_threshold=0.05)
 
-    def ours():
+    def ours(net):
         with contextlib.redirect_stdout(io.StringIO()):
-            evaluate(model, post, dataset, device, dataset.category_ids, batch_size=32, num_workers=0)
+            evaluate(net.to(memory_format=torch.channels_last), post, dataset, device, dataset.category_ids,
+                     batch_size=batch, num_workers=0, channels_last=True)
 
-    def baseline():  # one image at a time, per-class loop NMS, then the same COCOeval
+    def baseline(net):
         detections, ids, sizes = [], [], []
         for i in range(len(dataset)):
             image, target = dataset[i]
             with torch.no_grad():
-                detections += loop_nms_decode(*model(image[None].to(device)), coder, score_threshold=0.01)
+                detections += loop_nms_decode(*net(image[None].to(device)), coder)
             ids.append(target["image_id"])
             sizes.append(target["orig_size"])
         coco_evaluate(dataset.coco, to_coco_results(detections, ids, sizes, dataset.category_ids), verbose=False)
-    t_ours = median_time(ours, device, args.repeats, warmup=0) / len(dataset)
-    t_base = median_time(baseline, device, 1, warmup=0) / len(dataset)
-    rows.append({"section": "eval", "model": "ssdlite", "images": len(dataset), "s_per_image": t_ours,
-                 "baseline_s_per_image": t_base, "speedup": t_base / t_ours})
-    print_row(rows[-1])
+    for scores, net in [("untrained model", model), ("trained-model score profile", TrainedScoreProfile(model))]:
+        net = net.to(device)
+        t_ours = median_time(lambda: ours(net), device, args.repeats, warmup=0) / len(dataset)
+        t_base = median_time(lambda: baseline(net.to(memory_format=torch.contiguous_format)), device, 1,
+                             warmup=0) / len(dataset)
+        rows.append({"section": "eval", "model": "ssdlite", "scores": scores, "images": len(dataset),
+                     "batch": batch, "s_per_image": t_ours, "baseline_s_per_image": t_base,
+                     "speedup": t_base / t_ours})
+        print_row(rows[-1])
 
 
 def bench_memory(args, device, rows):

@@ -31,7 +31,8 @@ def get_args_parser():
     p.add_argument("--split", default="val", help="which <split>2017 of --data-path")
     p.add_argument("--annotations", help="any COCO-format annotation file (with --images)")
     p.add_argument("--images", help="the image folder of --annotations")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (default: 32 on a GPU, 8 on a CPU, where it is faster)")
     p.add_argument("--num-workers", type=int, default=4)
     p.add_argument("--json", help="write the detections here in COCO results format")
     p.add_argument("--output", help="also draw every image's detections into this folder")
@@ -86,13 +87,15 @@ def main(args):
         output_folder(args.output)
     model, ids, names = load_checkpoint_model(path, args.model)
     check_categories(ids, dataset, path)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
     coder = BoxCoder(default_boxes(model.spec).to(device))
     postprocess = Postprocessor(coder, args.cls_threshold, args.nms_threshold)
     if rank == 0:
         print(f"{path}: {model.spec.name}, {len(names)} classes; {len(dataset)} images, {world_size} process(es)")
-    stats, results = evaluate(model, postprocess, dataset, device, ids, batch_size=args.batch_size,
-                              num_workers=args.num_workers, amp=args.amp, rank=rank, world_size=world_size)
+    batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
+    stats, results = evaluate(model, postprocess, dataset, device, ids, batch_size=batch_size,
+                              num_workers=args.num_workers, amp=args.amp, channels_last=True,
+                              rank=rank, world_size=world_size)
     if args.json and get_rank() == 0:
         with open(args.json, "w") as f:
             json.dump(results, f)

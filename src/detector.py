@@ -83,7 +83,8 @@ class Detector:
     def __init__(self, model, category_ids, category_names, device="cpu", cls_threshold=0.3,
                  nms_threshold=0.5, max_output=200, amp=False):
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # NHWC: faster convolutions on the CPU (oneDNN) and with AMP on a GPU
+        self.model = model.to(self.device, memory_format=torch.channels_last).eval()
         self.category_ids = category_ids
         self.category_names = category_names
         self.transform = val_transforms(model.spec.fig_size)
@@ -106,7 +107,7 @@ class Detector:
         if not images:
             return []
         with autocast(self.device, self.amp):
-            ploc, plabel = self.model(self.preprocess(images))
+            ploc, plabel = self.model(self.preprocess(images).contiguous(memory_format=torch.channels_last))
         out = []
         for img, (boxes, labels, scores) in zip(images, self.postprocess(ploc, plabel)):
             h, w = img.shape[-2:]
