@@ -272,7 +272,8 @@ def bench_data(args, device, rows):
         base = per_sample(None, pil=True)
         for label, rate in [("ours: OpenCV decode + fused SSD augmentation", per_sample(train_transforms())),
                             ("ours + IoU matching in the worker", per_sample(train_transforms(), encode=True)),
-                            ("OpenCV decode + transforms.v2 SSD augmentation", per_sample(torchvision_v2_augmentation()))]:
+                            ("OpenCV decode + transforms.v2 SSD augmentation",
+                             per_sample(torchvision_v2_augmentation()))]:
             rows.append({"section": "data", "pipeline": label, "image_size": "640x480",
                          "samples_per_s_per_worker": rate, "baseline_samples_per_s": base, "speedup": rate / base})
             print_row(rows[-1])

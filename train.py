@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from src.box_coder import BoxCoder
 from src.checkpoint import load_matching_weights, load_model_weights, model_state_dict, read_checkpoint, save_atomic
 from src.cli import run_cli
-from src.dataset import CocoDetection, ResumableSampler, coco_paths, collate, read_rgb
+from src.dataset import CocoDetection, ResumableSampler, coco_paths, collate, read_rgb, worker_init
 from src.default_boxes import default_boxes
 from src.distributed import cleanup, gather_lists, init_distributed
 from src.engine import epoch_summary, evaluate, train_one_epoch
@@ -179,7 +179,7 @@ def build_run(args, rank, world_size, device, train_set, val_set, resuming) -> R
     loader_seed = torch.Generator()  # seeds the workers; reseeded every epoch
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=args.num_workers > 0, generator=loader_seed)
+                        persistent_workers=args.num_workers > 0, worker_init_fn=worker_init, generator=loader_seed)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world_size > 1 else model
     if args.compile:

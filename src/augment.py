@@ -72,7 +72,7 @@ def sample_crop(boxes: torch.Tensor, h: int, w: int, min_ious) -> tuple[int, int
         aspect = size[:, 0] / size[:, 1].clamp(min=1)
         ok = (size > 0).all(1) & (aspect >= CROP_ASPECT[0]) & (aspect <= CROP_ASPECT[1])
         inside = ((centres[None] > crops[:, None, :2]) & (centres[None] < crops[:, None, 2:])).all(2)  # (T, n)
-        ok &= inside.any(1) & (box_iou(crops, boxes).amax(1) >= min_iou)
+        ok &= inside.any(1) & ((box_iou(crops, boxes) * inside).amax(1) >= min_iou)  # IoU of boxes kept
         found = ok.nonzero()
         if len(found):
             return tuple(int(v) for v in crops[found[0, 0]])

@@ -152,6 +152,12 @@ class CocoDetection(torch.utils.data.Dataset):
                                                  "image_id": image_id, "orig_size": size, "bad": reason}
 
 
+def worker_init(worker_id):
+    """DataLoader workers run one OpenCV thread each, as torch does: the images are small and
+    many workers with a thread per core each would fight over the cores."""
+    cv2.setNumThreads(1)
+
+
 def collate(batch):
     """Stack the images, keep the targets as a list (each image has its own box count)."""
     images, targets = zip(*batch)
@@ -185,4 +191,4 @@ def eval_loader(dataset, batch_size: int, num_workers: int, rank: int = 0, world
     """An in-order loader over this rank's shard of ``dataset``."""
     return torch.utils.data.DataLoader(shard(dataset, rank, world_size), batch_size=batch_size, shuffle=False,
                                        num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
-                                       persistent_workers=num_workers > 0)
+                                       persistent_workers=num_workers > 0, worker_init_fn=worker_init)
