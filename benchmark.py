@@ -18,19 +18,21 @@ import resource
 import statistics
 import tempfile
 import time
+import warnings
 
 import cv2
 import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision import tv_tensors
-from torchvision.transforms import v2
+from torchvision.io import decode_jpeg, read_file
 from torchvision.ops import box_iou
+from torchvision.transforms import v2
 
 from src.box_coder import BoxCoder, pad_targets
 from src.coco_eval import coco_evaluate, to_coco_results
 from src.coco_names import COCO_CATEGORIES
-from src.dataset import CocoDetection, coco_paths, collate
+from src.dataset import CocoDetection, coco_paths, collate, read_rgb
 from src.default_boxes import default_boxes
 from src.engine import autocast, evaluate, train_step
 from src.loss import MultiBoxLoss
@@ -94,7 +96,7 @@ def synthetic_batch(batch, device, seed=0):
 
 
 def bench_train(args, device, rows):
-    sizes = args.batch_sizes or ([32, 64] if device.type == "cuda" else [8])
+    sizes = args.batch_sizes or ([32, 64] if device.type == "cuda" else [4, 8])
     for name in args.models:
         for amp in [False, True]:
             for channels_last in ([False, True] if amp else [False]):
@@ -144,7 +146,7 @@ def bench_inference(args, device, rows):
 
                 def infer():
                     with torch.no_grad(), autocast(device, amp):
-                        post(*model(images))
+                        post(*model(images), out_device="cpu")  # detections on the host, as the scripts use them
                 rows.append({"section": "inference", "model": name, "batch": batch, "amp": amp,
                              "channels_last": channels_last,
                              "images_per_s": batch / median_time(infer, device, args.repeats)})
@@ -254,6 +256,20 @@ def one_thread():
         cv2.setNumThreads(cv_threads)
 
 
+def decode_rows(dataset, args, rows):
+    """JPEG decoding alone, three ways (torchvision.io's decoders are deprecated since 0.29)."""
+    paths = [dataset.image_path(i) for i in dataset.ids]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        decoders = {"PIL": lambda p: Image.open(p).convert("RGB"), "OpenCV (ours)": read_rgb,
+                    "torchvision.io.decode_jpeg": lambda p: decode_jpeg(read_file(p))}
+        for name, decode in decoders.items():
+            seconds = median_time(lambda: [decode(p) for p in paths], torch.device("cpu"), args.repeats)
+            rows.append({"section": "data", "pipeline": f"JPEG decode only: {name}",
+                         "samples_per_s_per_worker": len(paths) / seconds})
+            print_row(rows[-1])
+
+
 def bench_data(args, device, rows):
     ann, images = coco_paths(toy_data(args), "train")
     coder = BoxCoder(default_boxes(get_spec("ssd")))
@@ -269,6 +285,7 @@ def bench_data(args, device, rows):
                     coder.match_one(target["boxes"], target["labels"])
         return len(dataset) / median_time(run, torch.device("cpu"), args.repeats)
     with one_thread():
+        decode_rows(CocoDetection(images, ann), args, rows)
         base = per_sample(None, pil=True)
         for label, rate in [("ours: OpenCV decode + fused SSD augmentation", per_sample(train_transforms())),
                             ("ours + IoU matching in the worker", per_sample(train_transforms(), encode=True)),

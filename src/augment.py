@@ -52,18 +52,21 @@ def sample_zoom_out(h: int, w: int, zoom_out: float) -> tuple[int, int, int, int
 def sample_crop(boxes: torch.Tensor, h: int, w: int, min_ious) -> tuple[int, int, int, int]:
     """The SSD crop of an ``h`` x ``w`` canvas: draw a minimum IoU (1.0 keeps the whole
     canvas), then take the first of ``CROP_TRIALS`` random crops that has the right shape,
-    holds the centre of a box and overlaps some box by at least that IoU.
+    holds the centre of a box, and overlaps by at least that IoU one of the boxes whose
+    centre it holds (the boxes that will be kept). An image without boxes is kept whole.
 
     :param boxes: (n, 4) pixel ltrb in the canvas
     :return: (x0, y0, x1, y1) integer pixels
     """
+    if len(boxes) == 0 and max(min_ious) < 1.0:
+        return 0, 0, w, h  # no crop can hold a box, and no draw would say "keep"
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (n, 2)
     while True:
         min_iou = min_ious[int(torch.randint(len(min_ious), ()))]
         if min_iou >= 1.0:
             return 0, 0, w, h
         if len(boxes) == 0:
-            continue  # no box can satisfy a constraint: only "keep" ends the draw
+            continue  # only "keep" can end the draw (as in torchvision's RandomIoUCrop)
         r = torch.rand(CROP_TRIALS, 4)
         size = torch.tensor([w, h]) * (CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * r[:, :2])
         size = size.floor()  # (T, 2) crop width, height
@@ -72,7 +75,7 @@ def sample_crop(boxes: torch.Tensor, h: int, w: int, min_ious) -> tuple[int, int
         aspect = size[:, 0] / size[:, 1].clamp(min=1)
         ok = (size > 0).all(1) & (aspect >= CROP_ASPECT[0]) & (aspect <= CROP_ASPECT[1])
         inside = ((centres[None] > crops[:, None, :2]) & (centres[None] < crops[:, None, 2:])).all(2)  # (T, n)
-        ok &= inside.any(1) & ((box_iou(crops, boxes) * inside).amax(1) >= min_iou)  # IoU of boxes kept
+        ok &= inside.any(1) & ((box_iou(crops, boxes) * inside).amax(1) >= min_iou)
         found = ok.nonzero()
         if len(found):
             return tuple(int(v) for v in crops[found[0, 0]])

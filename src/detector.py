@@ -109,9 +109,8 @@ class Detector:
         with autocast(self.device, self.amp):
             ploc, plabel = self.model(self.preprocess(images).contiguous(memory_format=torch.channels_last))
         out = []
-        for img, (boxes, labels, scores) in zip(images, self.postprocess(ploc, plabel)):
+        for img, (boxes, labels, scores) in zip(images, self.postprocess(ploc, plabel, out_device="cpu")):
             h, w = img.shape[-2:]
-            pixels = boxes.float().cpu() * torch.tensor([w, h, w, h], dtype=torch.float32)
-            labels, scores = labels.cpu(), scores.float().cpu()
+            pixels = boxes * torch.tensor([w, h, w, h], dtype=torch.float32)
             out.append(Detections(pixels, labels, scores, [self.category_names[i - 1] for i in labels.tolist()]))
         return out

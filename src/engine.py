@@ -125,8 +125,7 @@ def predict(model, postprocess, loader, device, *, amp=False, channels_last=Fals
     for images, targets in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True):
         with autocast(device, amp):
             ploc, plabel = model(to_input(images, device, channels_last))
-        for boxes, labels, scores in postprocess(ploc, plabel):
-            detections.append((boxes.cpu(), labels.cpu(), scores.cpu()))
+        detections += postprocess(ploc, plabel, out_device="cpu")
         image_ids += [t["image_id"] for t in targets]
         sizes += [t["orig_size"] for t in targets]
     return detections, image_ids, sizes

@@ -22,10 +22,11 @@ class Postprocessor:
         self.max_output = max_output
 
     @torch.no_grad()
-    def __call__(self, ploc: torch.Tensor, plabel: torch.Tensor):
+    def __call__(self, ploc: torch.Tensor, plabel: torch.Tensor, out_device=None):
         """
         :param ploc: (N, 4, B) predicted offsets
         :param plabel: (N, C, B) class logits, class 0 = background
+        :param out_device: where the results go (one copy for the batch); default: stay put
         :return: a list of N tuples ``(boxes (k, 4) normalised ltrb clamped to [0, 1],
             labels (k,) in 1..C-1, scores (k,))``, by descending score
         """
@@ -46,11 +47,14 @@ class Postprocessor:
         best, where = kept_scores.topk(min(self.max_output, kept_scores.shape[1]), dim=1)  # (N, M)
         best_boxes = cand.flatten(1, 2).gather(1, where[..., None].expand(-1, -1, 4)).clamp(0, 1)  # (N, M, 4)
         best_labels = where // k + 1
-        return [(b[m], lab[m], s[m]) for b, lab, s, m in zip(best_boxes, best_labels, best, best >= 0)]
+        if out_device is not None:
+            best_boxes, best_labels, best = (t.to(out_device) for t in (best_boxes, best_labels, best))
+        counts = (best >= 0).sum(1).tolist()  # the survivors come first: the others scored -1
+        return [(b[:c], lab[:c], s[:c]) for b, lab, s, c in zip(best_boxes, best_labels, best, counts)]
 
 
 def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
-               chunk_pairs: int = 2**20) -> torch.Tensor:
+               chunk_pairs: int | None = None) -> torch.Tensor:
     """Non-maximum suppression of many groups at once, exactly as greedy per-group NMS.
 
     Each group's boxes come sorted by descending score. A box is kept unless a kept box
@@ -60,11 +64,12 @@ def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
 
     :param boxes: (G, k, 4) ltrb, each group by descending score
     :param valid: (G, k) bool, False for padding
-    :param chunk_pairs: the (G, k, k) overlaps are built this many pairs at a time: the
-        temporaries stay in cache and memory stays bounded
+    :param chunk_pairs: the (G, k, k) overlaps are built this many pairs at a time, to bound
+        memory; default 2**20 on the CPU (the temporaries stay in cache), 2**26 on a GPU
     :return: keep (G, k) bool
     """
     g, k = valid.shape
+    chunk_pairs = chunk_pairs or (2**20 if boxes.device.type == "cpu" else 2**26)
     step = max(1, chunk_pairs // (k * k))
     over = torch.cat([_overlaps(boxes[i:i + step], iou_threshold) for i in range(0, g, step)])  # (G, k, k)
     keep = valid.clone()

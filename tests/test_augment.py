@@ -95,6 +95,7 @@ def test_crop_meets_the_ssd_constraints():
 def test_crop_without_boxes_keeps_the_image():
     torch.manual_seed(0)
     assert augment.sample_crop(torch.zeros(0, 4), 50, 70, [0.1, 0.5, 1.0]) == (0, 0, 70, 50)
+    assert augment.sample_crop(torch.zeros(0, 4), 50, 70, [0.5]) == (0, 0, 70, 50)  # no endless draw
 
 
 def test_colour_steps_match_torchvision():
