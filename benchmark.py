@@ -30,6 +30,7 @@ from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 from src.box_coder import BoxCoder, pad_targets
+from src.cli import positive_int
 from src.coco_eval import coco_evaluate, to_coco_results
 from src.coco_names import COCO_CATEGORIES
 from src.dataset import CocoDetection, coco_paths, collate, read_rgb
@@ -51,11 +52,12 @@ def get_args_parser():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--only", nargs="*", choices=SECTIONS, default=SECTIONS)
     p.add_argument("--models", nargs="*", default=["ssd", "ssdlite"])
-    p.add_argument("--batch-sizes", type=int, nargs="*", default=None, help="training step (default: by device)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
-    p.add_argument("--eval-batch-size", type=int, default=None,
+    p.add_argument("--batch-sizes", type=positive_int, nargs="*", default=None,
+                   help="training step (default: by device)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs; the median is reported")
+    p.add_argument("--eval-batch-size", type=positive_int, default=None,
                    help="test_dataset.py's --batch-size (default: as there, 32 on a GPU, 8 on a CPU)")
-    p.add_argument("--memory-iters", type=int, default=500)
+    p.add_argument("--memory-iters", type=positive_int, default=500)
     p.add_argument("--data", default=None, help="a toy set at 640x480 (made in a temporary folder if absent)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile for the training step")
     p.add_argument("--json", default="benchmark.json")
@@ -369,15 +371,16 @@ def bench_memory(args, device, rows):
     criterion = MultiBoxLoss(BoxCoder(default_boxes(model.spec).to(device)))
     optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=1e-4, momentum=0.9)
     images, targets = synthetic_batch(2, device)
-    marks = {}
+    marks, first_mark = {}, min(50, args.memory_iters)
     for it in range(1, args.memory_iters + 1):
         train_step(model, criterion, optimizer, None, images, targets, device)
-        if it in (50, args.memory_iters):
+        if it in (first_mark, args.memory_iters):
             sync(device)
             marks[it] = (_current_rss_mb(), torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0)
-    first, last = marks[50], marks[args.memory_iters]
-    rows.append({"section": "memory", "iterations": args.memory_iters, "rss_mb_at_50": first[0],
-                 "rss_mb_at_end": last[0], "cuda_allocated_mb_at_50": first[1], "cuda_allocated_mb_at_end": last[1]})
+    first, last = marks[first_mark], marks[args.memory_iters]
+    rows.append({"section": "memory", "iterations": args.memory_iters, "first_mark": first_mark,
+                 "rss_mb_at_first_mark": first[0], "rss_mb_at_end": last[0],
+                 "cuda_allocated_mb_at_first_mark": first[1], "cuda_allocated_mb_at_end": last[1]})
     print_row(rows[-1])
 
 

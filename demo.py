@@ -13,6 +13,7 @@ import time
 
 import cv2
 
+from src.cli import positive_int
 from src.dataset import coco_paths, load_coco
 from src.toy_dataset import generate
 
@@ -24,11 +25,11 @@ def get_args_parser():
     p.add_argument("--data", default="data/toy", help="toy dataset folder (generated if absent)")
     p.add_argument("--out", default="demo", help="checkpoints, logs and outputs go here")
     p.add_argument("--docs", default="docs", help="the README's pictures are refreshed here")
-    p.add_argument("--train-images", type=int, default=640)
-    p.add_argument("--val-images", type=int, default=100)
+    p.add_argument("--train-images", type=positive_int, default=640)
+    p.add_argument("--val-images", type=positive_int, default=100)
     p.add_argument("--image-size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--epochs", type=positive_int, default=10)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--lr", type=float, default=0.1, help="for 32 images a step, as in train.py")
     p.add_argument("--seed", type=int, default=0)
     return p

@@ -11,7 +11,7 @@ import os
 import cv2
 import torch
 
-from src.cli import add_detector_args, checkpoint_from_args, output_folder, run_cli
+from src.cli import add_detector_args, checkpoint_from_args, non_negative_int, output_folder, positive_int, run_cli
 from src.dataset import CocoDetection, coco_paths
 from src.detector import Detections, load_checkpoint_model
 from src.distributed import cleanup, get_rank, init_distributed
@@ -31,9 +31,9 @@ def get_args_parser():
     p.add_argument("--split", default="val", help="which <split>2017 of --data-path")
     p.add_argument("--annotations", help="any COCO-format annotation file (with --images)")
     p.add_argument("--images", help="the image folder of --annotations")
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="images per forward pass (default: 32 on a GPU, 8 on a CPU, where it is faster)")
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--num-workers", type=non_negative_int, default=4)
     p.add_argument("--json", help="write the detections here in COCO results format")
     p.add_argument("--output", help="also draw every image's detections into this folder")
     p.add_argument("--draw-threshold", type=float, default=0.3, help="minimum score drawn with --output")

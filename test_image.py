@@ -10,7 +10,7 @@ import os
 
 import cv2
 
-from src.cli import add_detector_args, checkpoint_from_args, output_folder, run_cli
+from src.cli import add_detector_args, checkpoint_from_args, output_folder, positive_int, run_cli
 from src.dataset import read_rgb
 from src.detector import Detector
 from src.draw import draw_detections
@@ -26,7 +26,7 @@ def get_args_parser():
     p.add_argument("--output", help="a file for one input, a folder for several "
                                     "(default: beside each input, with a _prediction suffix)")
     p.add_argument("--json", help="write every detection (class, score, box in pixels) here")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=positive_int, default=8)
     return p
 
 

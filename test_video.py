@@ -11,7 +11,7 @@ import time
 import cv2
 from tqdm import tqdm
 
-from src.cli import add_detector_args, checkpoint_from_args, output_folder, run_cli
+from src.cli import add_detector_args, checkpoint_from_args, output_folder, positive_int, run_cli
 from src.detector import Detector, bgr_to_tensor
 from src.draw import draw_detections
 from src.errors import UserError
@@ -24,7 +24,7 @@ def get_args_parser():
     add_detector_args(p, cls_threshold=0.3)
     p.add_argument("--input", required=True, help="a video file, or a camera index such as 0")
     p.add_argument("--output", help="output video, .mp4 or .avi (default: beside the input, _prediction)")
-    p.add_argument("--batch-size", type=int, default=4, help="frames per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="frames per forward pass")
     p.add_argument("--display", action="store_true", help="also show the frames in a window")
     return p
 

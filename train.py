@@ -19,7 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from src.box_coder import BoxCoder
 from src.checkpoint import load_matching_weights, load_model_weights, model_state_dict, read_checkpoint, save_atomic
-from src.cli import run_cli
+from src.cli import non_negative_int, positive_int, run_cli
 from src.dataset import CocoDetection, ResumableSampler, coco_paths, collate, read_rgb, worker_init
 from src.default_boxes import default_boxes
 from src.distributed import cleanup, gather_lists, init_distributed
@@ -41,26 +41,27 @@ def get_args_parser():
     p.add_argument("--save-folder", default="trained_models", help="where <model>.pth is written")
     p.add_argument("--log-path", default=None, help="TensorBoard folder (default: runs/<model>)")
     p.add_argument("--model", choices=MODEL_NAMES, default="ssd")
-    p.add_argument("--epochs", type=int, default=65)
-    p.add_argument("--batch-size", type=int, default=32, help="images per process and step")
-    p.add_argument("--multistep", type=int, nargs="*", default=[43, 54], help="epochs at which lr drops 10x")
+    p.add_argument("--epochs", type=positive_int, default=65)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per process and step")
+    p.add_argument("--multistep", type=non_negative_int, nargs="*", default=[43, 54],
+                   help="epochs at which lr drops 10x")
     p.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster with --amp)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     p.add_argument("--lr", type=float, default=2.6e-3, help="for 32 images a step; scaled by the global batch")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv weights, not on BN or biases")
-    p.add_argument("--warmup", type=int, default=300, help="iterations of linear warm-up")
+    p.add_argument("--warmup", type=non_negative_int, default=300, help="iterations of linear warm-up")
     p.add_argument("--zoom-out", type=float, default=4.0,
                    help="largest zoom-out (expand) of the augmentation; 1 turns it off")
     p.add_argument("--nms-threshold", type=float, default=0.5)
-    p.add_argument("--num-workers", type=int, default=4)
+    p.add_argument("--num-workers", type=non_negative_int, default=4)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-pretrained-backbone", action="store_true", help="do not load ImageNet weights")
     p.add_argument("--finetune-from", default=None, metavar="PATH|original|nvidia",
                    help="start from a checkpoint of any form; class heads of another class count start afresh")
-    p.add_argument("--eval-every", type=int, default=1, help="COCO mAP every N epochs; 0 turns it off")
+    p.add_argument("--eval-every", type=non_negative_int, default=1, help="COCO mAP every N epochs; 0 turns it off")
     p.add_argument("--dist-timeout", type=float, default=600, help="seconds before a stalled rank fails")
     # torch.distributed.launch passes --local-rank (or --local_rank); torchrun sets LOCAL_RANK
     p.add_argument("--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS)

@@ -10,6 +10,26 @@ from .specs import MODEL_NAMES
 from .weights import resolve_checkpoint
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is a one-line usage error, not a traceback)."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text, low):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is below {low}")
+    return value
+
+
 def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
     """Flags of every inference script (the original's underscore spellings work too)."""
     p.add_argument("--pretrained-model", "--pretrained_model", default=None,

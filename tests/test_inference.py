@@ -258,3 +258,14 @@ def test_faster_coco_eval_gives_the_same_twelve_numbers(toy_root):
     fast = coco_evaluate(dataset.coco, results, verbose=False, backend="faster")
     assert 0 < slow["AP"] < 1
     assert fast == pytest.approx(slow, abs=1e-6)
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    ("train.py", "--batch-size", "0"), ("train.py", "--num-workers", "-1"), ("train.py", "--warmup", "-5"),
+    ("train.py", "--epochs", "two"), ("test_dataset.py", "--batch-size", "-1"), ("test_image.py", "--batch-size", "0"),
+    ("test_video.py", "--batch-size", "0"), ("benchmark.py", "--repeats", "0"),
+])
+def test_bad_numbers_are_usage_errors(script, flag, value):
+    result = run(script, flag, value)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: argument {flag}")
