@@ -35,7 +35,7 @@ from src.coco_eval import coco_evaluate, to_coco_results
 from src.coco_names import COCO_CATEGORIES
 from src.dataset import CocoDetection, coco_paths, collate, read_rgb
 from src.default_boxes import default_boxes
-from src.engine import autocast, evaluate, train_step
+from src.engine import autocast, eval_batch_size, evaluate, train_step
 from src.loss import MultiBoxLoss
 from src.model import build_model
 from src.optim import param_groups
@@ -336,7 +336,7 @@ def bench_eval(args, device, rows):
     """test_dataset.py's path (batches, NHWC, batched NMS, COCOeval) against one image at a time
     with the per-class loop NMS and the same COCOeval."""
     dataset = eval_set(args)
-    batch = args.eval_batch_size or (32 if device.type == "cuda" else 8)
+    batch = args.eval_batch_size or eval_batch_size(device)
     model = build_model("ssdlite", dataset.num_classes).to(device).eval()
     coder = BoxCoder(default_boxes(model.spec).to(device))
     post = Postprocessor(coder, score_threshold=0.05)

@@ -16,7 +16,7 @@ from src.dataset import CocoDetection, coco_paths
 from src.detector import Detections, load_checkpoint_model
 from src.distributed import cleanup, get_rank, init_distributed
 from src.draw import draw_detections
-from src.engine import evaluate
+from src.engine import eval_batch_size, evaluate
 from src.errors import DatasetError, UserError
 from src.postprocess import Postprocessor
 from src.box_coder import BoxCoder
@@ -92,8 +92,8 @@ def main(args):
     postprocess = Postprocessor(coder, args.cls_threshold, args.nms_threshold)
     if rank == 0:
         print(f"{path}: {model.spec.name}, {len(names)} classes; {len(dataset)} images, {world_size} process(es)")
-    batch_size = args.batch_size or (32 if device.type == "cuda" else 8)
-    stats, results = evaluate(model, postprocess, dataset, device, ids, batch_size=batch_size,
+    stats, results = evaluate(model, postprocess, dataset, device, ids,
+                              batch_size=args.batch_size or eval_batch_size(device),
                               num_workers=args.num_workers, amp=args.amp, channels_last=True,
                               rank=rank, world_size=world_size)
     if args.json and get_rank() == 0:

@@ -4,7 +4,6 @@ import io
 import itertools
 import json
 import os
-
 import sys
 
 import cv2
@@ -148,7 +147,8 @@ class CocoDetection(torch.utils.data.Dataset):
         empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=size),
                  "labels": torch.zeros(0, dtype=torch.int64)}
         image, _ = self.transforms(blank, empty) if self.transforms is not None else (blank, empty)
-        return image.as_subclass(torch.Tensor), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+        return image.as_subclass(torch.Tensor), {"boxes": torch.zeros(0, 4),
+                                                 "labels": torch.zeros(0, dtype=torch.int64),
                                                  "image_id": image_id, "orig_size": size, "bad": reason}
 
 

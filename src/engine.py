@@ -25,6 +25,12 @@ def _check_finite(loss, step, image_ids):
                                  f"images {image_ids}: stopping; the last checkpoint is kept")
 
 
+def eval_batch_size(device: torch.device) -> int:
+    """Images per forward pass in evaluation: 32 on a GPU; 8 on a CPU, where larger batches
+    are no faster per image (measured by ``benchmark.py --only eval``)."""
+    return 32 if device.type == "cuda" else 8
+
+
 def to_input(images, device, channels_last=False):
     """The batch on ``device``, in the memory format of the model (NHWC is faster for AMP convs)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format

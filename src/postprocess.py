@@ -1,5 +1,6 @@
 """From raw head outputs to detections: softmax, decode, threshold, per-class NMS."""
 import torch
+
 from .box_coder import BoxCoder
 
 
