@@ -8,7 +8,6 @@ Each figure is the median of --repeats timed runs. Baselines (a per-class Python
 PIL + ToTensor + ColorJitter loader, one-image-at-a-time evaluation) are written here, measured on
 the same inputs in the same run, and reported as ratios.
 """
-import argparse
 import contextlib
 import io
 import json
@@ -30,17 +29,19 @@ from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
 from src.box_coder import BoxCoder, pad_targets
-from src.cli import positive_int
+from src.cli import ArgumentParser, default_device, device_name, positive_int, run_cli
 from src.coco_eval import coco_evaluate, to_coco_results
 from src.coco_names import COCO_CATEGORIES
 from src.dataset import CocoDetection, coco_paths, collate, read_rgb
 from src.default_boxes import default_boxes
+from src.errors import UserError
 from src.engine import autocast, eval_batch_size, evaluate, train_step
 from src.loss import MultiBoxLoss
 from src.model import build_model
 from src.optim import param_groups
 from src.postprocess import Postprocessor
-from src.specs import get_spec
+from src.outputs import OutputGuard
+from src.specs import MODEL_NAMES, get_spec
 from src.toy_dataset import write_split
 from src.transforms import IMAGENET_MEAN, IMAGENET_STD, IOU_CROP_OPTIONS, train_transforms, val_transforms
 
@@ -48,10 +49,10 @@ SECTIONS = ["train", "inference", "decode", "data", "eval", "memory"]
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", type=device_name, default=default_device())
     p.add_argument("--only", nargs="*", choices=SECTIONS, default=SECTIONS)
-    p.add_argument("--models", nargs="*", default=["ssd", "ssdlite"])
+    p.add_argument("--models", nargs="*", choices=MODEL_NAMES, default=list(MODEL_NAMES))
     p.add_argument("--batch-sizes", type=positive_int, nargs="*", default=None,
                    help="training step (default: by device)")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed runs; the median is reported")
@@ -404,6 +405,11 @@ def machine(device):
 
 
 def main(args):
+    guard = OutputGuard([args.data] if args.data else [])
+    guard.file(args.json, "--json")
+    guard.claim()
+    if args.data:
+        coco_paths_exist(args.data)
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -416,8 +422,17 @@ def main(args):
             benches[section](args, device, rows)
     with open(args.json, "w") as f:
         json.dump({"machine": machine(device), "settings": vars(args), "results": rows}, f, indent=1)
+    guard.record([args.json])
     print(f"written to {args.json}")
 
 
+def coco_paths_exist(root):
+    for split in ("train", "val"):
+        ann, images = coco_paths(root, split)
+        if not os.path.isfile(ann) or not os.path.isdir(images):
+            raise UserError(f"--data {root} has no {ann} and {images}: give a set in the COCO layout, or leave "
+                            "--data out for a generated toy set")
+
+
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser().parse_args())

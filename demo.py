@@ -4,7 +4,6 @@ image and a video, plot the curves. `make demo` runs this; a second run reuses w
     python demo.py                       # the full demo (about 12 minutes on a 2-core CPU)
     python demo.py --epochs 1 --train-images 16 --val-images 4 --out /tmp/d --docs /tmp/d/docs
 """
-import argparse
 import os
 import shutil
 import subprocess
@@ -13,24 +12,27 @@ import time
 
 import cv2
 
-from src.cli import positive_int
+from src.cli import ArgumentParser, positive_float, positive_int, run_cli, training_batch_size
 from src.dataset import coco_paths, load_coco
+from src.errors import UserError
+from src.outputs import OutputGuard
 from src.toy_dataset import generate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/toy", help="toy dataset folder (generated if absent)")
     p.add_argument("--out", default="demo", help="checkpoints, logs and outputs go here")
-    p.add_argument("--docs", default="docs", help="the README's pictures are refreshed here")
+    p.add_argument("--docs", default=None,
+                   help="also copy the picture and the curves here (how the README's pictures are made)")
     p.add_argument("--train-images", type=positive_int, default=640)
     p.add_argument("--val-images", type=positive_int, default=100)
-    p.add_argument("--image-size", type=int, nargs=2, default=[240, 320], metavar=("H", "W"))
+    p.add_argument("--image-size", type=positive_int, nargs=2, default=[240, 320], metavar=("H", "W"))
     p.add_argument("--epochs", type=positive_int, default=10)
-    p.add_argument("--batch-size", type=positive_int, default=8)
-    p.add_argument("--lr", type=float, default=0.1, help="for 32 images a step, as in train.py")
+    p.add_argument("--batch-size", type=training_batch_size, default=8)
+    p.add_argument("--lr", type=positive_float, default=0.1, help="for 32 images a step, as in train.py")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -39,7 +41,7 @@ def step(title, *cmd):
     print(f"\n==> {title}\n    {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     if subprocess.run([sys.executable, *cmd], cwd=HERE).returncode != 0:
-        sys.exit(f"demo: the step '{title}' failed (its message is above)")
+        raise UserError(f"the step '{title}' failed (its message is above)")
     print(f"    ({time.perf_counter() - start:.0f} s)")
 
 
@@ -56,7 +58,7 @@ def make_clip(image_dir, path, frames=30, fps=5.0):
 def busiest_image(root):
     """The val image with the most objects (the first such by id): the most telling picture."""
     ann, images = coco_paths(root, "val")
-    coco = load_coco(ann)
+    coco, _ = load_coco(ann)
     best = max(sorted(coco.imgs), key=lambda i: len(coco.imgToAnns.get(i, [])))
     return os.path.join(images, coco.imgs[best]["file_name"])
 
@@ -64,7 +66,12 @@ def busiest_image(root):
 def main(args):
     out = os.path.abspath(args.out)
     outputs = os.path.join(out, "outputs")
-    os.makedirs(outputs, exist_ok=True)
+    guard = OutputGuard([args.data])
+    guard.folder(outputs, "--out")
+    clip = guard.file(os.path.join(out, "clip.mp4"), "the demo clip")
+    copies = [os.path.join(args.docs, n) for n in ("demo_detection.jpg", "demo_curves.png")] if args.docs else []
+    guard.files(copies, "--docs")
+    guard.claim()
     if not os.path.exists(coco_paths(args.data, "val")[0]):
         print(f"==> generating the toy dataset in {args.data}")
         generate(args.data, args.train_images, args.val_images, seed=args.seed, size=tuple(args.image_size))
@@ -83,19 +90,19 @@ def main(args):
     picture = os.path.join(outputs, "detection.jpg")
     step("detecting on a val image", "test_image.py", "--pretrained-model", ckpt, "--input",
          busiest_image(args.data), "--output", picture)
-    clip = os.path.join(out, "clip.mp4")
     make_clip(val_images, clip)
+    guard.record([clip])
     video = os.path.join(outputs, "clip_prediction.mp4")
     step("detecting on a short clip", "test_video.py", "--pretrained-model", ckpt, "--input", clip, "--output", video)
     curves = os.path.join(outputs, "curves.png")
     step("plotting the training curves", "plot_logs.py", "--log-path", os.path.join(out, "runs", "ssdlite"),
          "--output", curves)
-    os.makedirs(args.docs, exist_ok=True)
-    shutil.copy(picture, os.path.join(args.docs, "demo_detection.jpg"))
-    shutil.copy(curves, os.path.join(args.docs, "demo_curves.png"))
+    for source, copy in zip([picture, curves], copies):
+        shutil.copy(source, copy)
+    guard.record(copies)
     print(f"\nDone. Checkpoint: {ckpt}\n      Outputs: {outputs} (detection.jpg, clip_prediction.mp4, "
           f"detections.json, curves.png)\n      TensorBoard: tensorboard --logdir {os.path.join(out, 'runs')}")
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser().parse_args())

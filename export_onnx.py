@@ -9,7 +9,6 @@ it outputs ``boxes`` (N, 200, 4, normalised ltrb), ``labels`` and ``scores`` (N,
 have score 0. Inputs are (N, 3, 300, 300) RGB, scaled to [0, 1] and normalised with the ImageNet
 mean and std. Needs the onnx package (requirements-dev.txt).
 """
-import argparse
 import json
 import os
 import warnings
@@ -18,24 +17,33 @@ import numpy as np
 import torch
 
 from src.box_coder import BoxCoder
-from src.cli import output_folder, run_cli
+from src.cli import ArgumentParser, fraction, run_cli
 from src.default_boxes import default_boxes
 from src.detector import load_checkpoint_model
 from src.errors import UserError
 from src.export import ExportableSSD
+from src.outputs import OutputGuard
 from src.specs import MODEL_NAMES
+from src.weights import local_path
+
+OPSETS = range(11, 21)  # exported and run with onnxruntime, raw and with NMS, in the tests
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pretrained-model", "--pretrained_model", required=True)
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="checked against the checkpoint if given")
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--with-nms", action="store_true", help="decode and run NMS inside the graph")
-    p.add_argument("--cls-threshold", type=float, default=0.05)
-    p.add_argument("--nms-threshold", type=float, default=0.5)
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--cls-threshold", type=fraction, default=0.05)
+    p.add_argument("--nms-threshold", type=fraction, default=0.5)
+    p.add_argument("--opset", type=int, choices=OPSETS, default=17, metavar=f"{OPSETS[0]}..{OPSETS[-1]}",
+                   help="ONNX opset (the decoding in the graph needs 11 or later; tested up to 20)")
     return p
+
+
+def dboxes_path(output: str) -> str:
+    return os.path.splitext(output)[0] + ".dboxes.npy"
 
 
 def export(module, path, decode, opset):
@@ -62,17 +70,21 @@ def main(args):
         import onnx  # noqa: F401  (checked before the long export)
     except ImportError:
         raise UserError("export needs the onnx package: pip install -r requirements-dev.txt") from None
+    guard = OutputGuard([local_path(args.pretrained_model)])
+    guard.files([args.output] + ([] if args.with_nms else [dboxes_path(args.output)]), "--output")
+    guard.claim()
     model, ids, names = load_checkpoint_model(args.pretrained_model, args.model)
     coder = BoxCoder(default_boxes(model.spec))
     module = ExportableSSD(model, coder, decode=args.with_nms, score_threshold=args.cls_threshold,
                            nms_threshold=args.nms_threshold).eval()
-    output_folder(os.path.dirname(os.path.abspath(args.output)))
     export(module, args.output, args.with_nms, args.opset)
     add_metadata(args.output, model.spec.name, ids, names)
+    guard.record([args.output])
     print(f"{args.output}: {model.spec.name}, {len(names)} classes, "
           f"{'boxes/labels/scores (decoded in the graph)' if args.with_nms else 'ploc/plabel'}")
     if not args.with_nms:
-        np.save(os.path.splitext(args.output)[0] + ".dboxes.npy", coder.dboxes_xywh.numpy())
+        np.save(dboxes_path(args.output), coder.dboxes_xywh.numpy())
+        guard.record([dboxes_path(args.output)])
 
 
 if __name__ == "__main__":

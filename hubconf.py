@@ -7,15 +7,13 @@ Each entry returns the model (eval mode) and a :class:`src.detector.Detector` re
 """
 from src.detector import Detector, load_checkpoint_model
 from src.model import build_model
-from src.weights import resolve_checkpoint
 
 dependencies = ["torch", "torchvision", "cv2", "pycocotools"]
 
 
 def _load(name, pretrained, num_classes, pretrained_backbone, device, **detector_kwargs):
     if pretrained:
-        path = resolve_checkpoint("nvidia" if pretrained is True else pretrained)
-        model, ids, names = load_checkpoint_model(path, name)
+        model, ids, names = load_checkpoint_model("nvidia" if pretrained is True else pretrained, name)
     else:
         model = build_model(name, num_classes, pretrained_backbone=pretrained_backbone).eval()
         ids = list(range(1, num_classes))

@@ -4,28 +4,31 @@
     python test_dataset.py --pretrained-model SSD.pth --annotations my.json --images my_images/
     torchrun --nproc_per_node=4 test_dataset.py --pretrained-model nvidia_ssdpyt_amp_200703.pt
 """
-import argparse
 import json
 import os
+import sys
 
 import cv2
 import torch
 
-from src.cli import add_detector_args, checkpoint_from_args, non_negative_int, output_folder, positive_int, run_cli
-from src.dataset import CocoDetection, coco_paths
+from src.box_coder import BoxCoder
+from src.cli import (ArgumentParser, add_detector_args, checkpoint_from_args, fraction, non_negative_int,
+                     positive_int, run_cli)
+from src.dataset import CocoDetection, coco_paths, read_rgb
+from src.default_boxes import default_boxes
 from src.detector import Detections, load_checkpoint_model
-from src.distributed import cleanup, get_rank, init_distributed
+from src.distributed import cleanup, init_distributed
 from src.draw import draw_detections
 from src.engine import eval_batch_size, evaluate
-from src.errors import DatasetError, UserError
+from src.errors import ImageReadError, UserError
+from src.outputs import OutputGuard
 from src.postprocess import Postprocessor
-from src.box_coder import BoxCoder
-from src.default_boxes import default_boxes
 from src.transforms import val_transforms
+from src.weights import local_path
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     add_detector_args(p, cls_threshold=0.05)
     p.add_argument("--data-path", "--data_path", default="/coco", help="root in the original COCO layout")
     p.add_argument("--split", default="val", help="which <split>2017 of --data-path")
@@ -36,20 +39,21 @@ def get_args_parser():
     p.add_argument("--num-workers", type=non_negative_int, default=4)
     p.add_argument("--json", help="write the detections here in COCO results format")
     p.add_argument("--output", help="also draw every image's detections into this folder")
-    p.add_argument("--draw-threshold", type=float, default=0.3, help="minimum score drawn with --output")
+    p.add_argument("--draw-threshold", type=fraction, default=0.3, help="minimum score drawn with --output")
+    p.add_argument("--max-bad-images", type=fraction, default=0.05,
+                   help="share of the listed images that may be missing before it is an error")
     return p
 
 
-def dataset_from_args(args) -> CocoDetection:
+def data_paths(args) -> tuple[str, str]:
+    """(annotation file, image folder) from --annotations/--images or --data-path/--split."""
     if bool(args.annotations) != bool(args.images):
         raise UserError("--annotations and --images go together")
     if args.annotations:
-        ann, images = args.annotations, args.images
-    else:
-        ann, images = coco_paths(args.data_path, args.split)
-    if not os.path.isdir(images):
-        raise DatasetError(f"image folder {images} not found")
-    return CocoDetection(images, ann, val_transforms())
+        return args.annotations, args.images
+    if not os.path.isdir(args.data_path):
+        raise UserError(f"dataset folder {args.data_path} not found (set --data-path)")
+    return coco_paths(args.data_path, args.split)
 
 
 def check_categories(model_ids, dataset, path):
@@ -59,49 +63,74 @@ def check_categories(model_ids, dataset, path):
                         f"({dataset.category_ids[:5]}...): is this checkpoint trained on this dataset?")
 
 
-def render(dataset, results, ids, names, folder, min_score, rank, world_size):
-    """Draw this rank's share of the images, one file per image in ``folder``."""
+def picture_paths(dataset, folder) -> dict:
+    """image id -> its picture in ``folder``, at the image's own relative path (names stay unique)."""
+    return {i: os.path.join(folder, dataset.coco.imgs[i]["file_name"]) for i in dataset.ids}
+
+
+def render(dataset, results, ids, names, pictures, min_score, rank, world_size) -> list[str]:
+    """Draw this rank's share of the images; a file that cannot be read is skipped with a warning."""
     by_image = {}
     for r in results:
         if r["score"] >= min_score:
             by_image.setdefault(r["image_id"], []).append(r)
+    written = []
     for image_id in dataset.ids[rank::world_size]:
-        path = dataset.image_path(image_id)
-        image = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        try:
+            image = read_rgb(dataset.image_path(image_id)).permute(1, 2, 0).numpy()[..., ::-1]  # BGR (H, W, 3)
+        except ImageReadError as e:
+            print(f"warning: not drawn: {e}", file=sys.stderr)
+            continue
         dets = by_image.get(image_id, [])
         boxes = torch.tensor([r["bbox"] for r in dets], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]  # ltwh -> ltrb
         labels = torch.tensor([ids.index(r["category_id"]) + 1 for r in dets], dtype=torch.long)
         detections = Detections(boxes, labels, torch.tensor([r["score"] for r in dets]),
                                 [names[i - 1] for i in labels.tolist()])
-        out = os.path.join(folder, os.path.basename(path))
+        out = pictures[image_id]
+        os.makedirs(os.path.dirname(out), exist_ok=True)
         if not cv2.imwrite(out, draw_detections(image, detections)):
             raise UserError(f"could not write {out}")
+        written.append(out)
+    return written
 
 
 def main(args):
     rank, _, world_size, device = init_distributed(args.device)
-    path = checkpoint_from_args(args)
-    dataset = dataset_from_args(args)
+    checkpoint = checkpoint_from_args(args)
+    annotations, images = data_paths(args)
+    guard = OutputGuard([annotations, images, local_path(checkpoint)])
+    if args.json:
+        guard.file(args.json, "--json")
     if args.output:
-        output_folder(args.output)
-    model, ids, names = load_checkpoint_model(path, args.model)
-    check_categories(ids, dataset, path)
+        guard.folder(args.output, "--output")
+    dataset = CocoDetection(images, annotations, val_transforms(), max_missing=args.max_bad_images)
+    if args.output:
+        pictures = picture_paths(dataset, args.output)
+        guard.add_inputs(dataset.image_path(i) for i in dataset.ids)
+        guard.files(list(pictures.values()), "--output")
+    guard.claim()
+    model, ids, names = load_checkpoint_model(checkpoint, args.model)
+    check_categories(ids, dataset, checkpoint)
     model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
     coder = BoxCoder(default_boxes(model.spec).to(device))
     postprocess = Postprocessor(coder, args.cls_threshold, args.nms_threshold)
     if rank == 0:
-        print(f"{path}: {model.spec.name}, {len(names)} classes; {len(dataset)} images, {world_size} process(es)")
+        for line in dataset.warnings:
+            print(f"warning: {line}", file=sys.stderr)
+        print(f"{checkpoint}: {model.spec.name}, {len(names)} classes; {len(dataset)} images, "
+              f"{world_size} process(es)")
     stats, results = evaluate(model, postprocess, dataset, device, ids,
                               batch_size=args.batch_size or eval_batch_size(device),
                               num_workers=args.num_workers, amp=args.amp, channels_last=True,
                               rank=rank, world_size=world_size)
-    if args.json and get_rank() == 0:
+    if args.json and rank == 0:
         with open(args.json, "w") as f:
             json.dump(results, f)
+        guard.record([args.json])
         print(f"{len(results)} detections written to {args.json}")
     if args.output:
-        render(dataset, results, ids, names, args.output, args.draw_threshold, rank, world_size)
+        guard.record(render(dataset, results, ids, names, pictures, args.draw_threshold, rank, world_size))
         if rank == 0:
             print(f"pictures written to {args.output}")
     cleanup()

@@ -3,24 +3,26 @@
     python test_image.py --pretrained-model trained_models/ssd.pth --input photo.jpg
     python test_image.py --input "photos/*.jpg" --output predictions/ --json detections.json
 """
-import argparse
 import glob
 import json
 import os
+import sys
 
 import cv2
 
-from src.cli import add_detector_args, checkpoint_from_args, output_folder, positive_int, run_cli
+from src.cli import ArgumentParser, add_detector_args, checkpoint_from_args, positive_int, run_cli
 from src.dataset import read_rgb
 from src.detector import Detector
 from src.draw import draw_detections
-from src.errors import UserError
+from src.errors import ImageReadError, UserError
+from src.outputs import OutputGuard, not_our_outputs
+from src.weights import local_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     add_detector_args(p, cls_threshold=0.3)
     p.add_argument("--input", required=True, help="an image, a folder of images, or a glob")
     p.add_argument("--output", help="a file for one input, a folder for several "
@@ -31,69 +33,96 @@ def get_args_parser():
 
 
 def list_inputs(pattern: str) -> list[str]:
+    """The images at ``pattern``, without the pictures an earlier run of this script wrote."""
     if os.path.isdir(pattern):
-        files = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern))
-                 if f.lower().endswith(IMAGE_EXTENSIONS) and "_prediction." not in f]
+        files = [os.path.join(pattern, f) for f in sorted(os.listdir(pattern)) if f.lower().endswith(IMAGE_EXTENSIONS)]
     elif os.path.isfile(pattern):
-        files = [pattern]
+        if not cv2.haveImageReader(pattern):
+            raise UserError(f"input {pattern} is not an image OpenCV can read")
+        return [pattern]
     else:
         files = sorted(f for f in glob.glob(pattern) if os.path.isfile(f))
+    files = not_our_outputs(files)
     if not files:
-        raise UserError(f"no image found at {pattern}")
+        raise UserError(f"no image found at {pattern}" + (" (a folder, or a glob in quotes)" if os.path.exists(pattern)
+                                                           else ""))
     return files
 
 
 def default_output(path: str) -> str:
+    """``photo.jpg`` -> ``photo_prediction.jpg`` (a JPEG when the input's format cannot be written)."""
     stem, ext = os.path.splitext(path)
-    return f"{stem}_prediction{ext}"
+    return f"{stem}_prediction{ext if cv2.haveImageWriter(path) else '.jpg'}"
 
 
 def output_paths(inputs: list[str], output: str | None) -> list[str]:
-    """Where each input's picture goes; an input is never overwritten."""
+    """Where each input's picture goes: beside it by default; into ``output`` (a file for one
+    input, else a folder) otherwise. Inputs from several folders keep their subfolders under
+    ``output``, so two inputs of the same name get distinct pictures."""
     if output is None:
-        outs = [default_output(p) for p in inputs]
-    elif len(inputs) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1]:
-        outs = [output]
-    else:
-        outs = [os.path.join(output, os.path.basename(default_output(p))) for p in inputs]
-    for src, dst in zip(inputs, outs):
-        if os.path.abspath(src) == os.path.abspath(dst):
-            raise UserError(f"output {dst} is the input itself: choose another --output")
-    return outs
+        return [default_output(p) for p in inputs]
+    if len(inputs) == 1 and not os.path.isdir(output) and os.path.splitext(output)[1]:
+        return [output]
+    if not os.path.isdir(output) and os.path.splitext(output)[1].lower() in IMAGE_EXTENSIONS:
+        raise UserError(f"--output {output} names one picture, but there are {len(inputs)} inputs: give a folder")
+    root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in inputs])
+    return [os.path.join(output, os.path.relpath(default_output(os.path.abspath(p)), root)) for p in inputs]
 
 
-def save(path: str, image):
-    try:
-        ok = cv2.imwrite(path, image)
-    except cv2.error:
-        ok = False
-    if not ok:
-        raise UserError(f"could not write {path} (unknown image extension or unwritable)")
+def check_formats(outputs: list[str]):
+    for path in outputs:
+        if not cv2.haveImageWriter(path):
+            raise UserError(f"cannot write a picture as {path}: use an image extension such as .jpg or .png")
+
+
+def read_batch(paths: list[str], single: bool):
+    """The decodable images of ``paths`` (EXIF orientation applied: phone photos come upright);
+    a bad one is skipped with a warning, or is an error when it is the only input."""
+    good = []
+    for path in paths:
+        try:
+            good.append((path, read_rgb(path, apply_exif=True)))
+        except ImageReadError as e:
+            if single:
+                raise
+            print(f"warning: skipped: {e}", file=sys.stderr, flush=True)
+    return good
 
 
 def main(args):
     inputs = list_inputs(args.input)
+    checkpoint = checkpoint_from_args(args)
+    guard = OutputGuard([*inputs, local_path(checkpoint)])
     outputs = output_paths(inputs, args.output)
-    for folder in sorted({os.path.dirname(os.path.abspath(p)) for p in outputs}):
-        output_folder(folder)
-    images = [read_rgb(p, apply_exif=True) for p in inputs]  # phone photos: boxes on the upright image
-    detector = Detector.from_checkpoint(checkpoint_from_args(args), args.model, args.device,
-                                        cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
-                                        amp=args.amp)
+    check_formats(outputs)
+    guard.files(outputs, "--output")
+    if args.json:
+        guard.file(args.json, "--json")
+    guard.claim()
+    output_of = dict(zip(inputs, outputs))
+    detector = Detector.from_checkpoint(checkpoint, args.model, args.device, cls_threshold=args.cls_threshold,
+                                        nms_threshold=args.nms_threshold, amp=args.amp)
     report = []
-    for start in range(0, len(images), args.batch_size):
-        chunk = images[start:start + args.batch_size]
-        for i, (image, dets) in enumerate(zip(chunk, detector(chunk)), start):
-            bgr = image.permute(1, 2, 0).numpy()[..., ::-1]
-            save(outputs[i], draw_detections(bgr, dets))
-            print(f"{inputs[i]}: {len(dets.scores)} detections -> {outputs[i]}")
+    for start in range(0, len(inputs), args.batch_size):
+        batch = read_batch(inputs[start:start + args.batch_size], single=len(inputs) == 1)
+        for (path, image), dets in zip(batch, detector([image for _, image in batch])):
+            out = output_of[path]
+            if not cv2.imwrite(out, draw_detections(image.permute(1, 2, 0).numpy()[..., ::-1], dets)):
+                raise UserError(f"could not write {out}")
+            print(f"{path}: {len(dets.scores)} detections -> {out}")
             for d in dets.to_list():
                 print(f"  {d['name']:>16s} {d['score']:.3f}  box {d['box']}")
-            report.append({"input": inputs[i], "output": outputs[i], "detections": dets.to_list()})
+            report.append({"input": path, "output": out, "detections": dets.to_list()})
+        guard.record([r["output"] for r in report[-len(batch):]] if batch else [])
+    if not report:
+        raise UserError(f"none of the {len(inputs)} inputs could be read (see the warnings above)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
-    print(f"{len(outputs)} picture(s) written" + (f", detections in {args.json}" if args.json else ""))
+        guard.record([args.json])
+    skipped = len(inputs) - len(report)
+    print(f"{len(report)} picture(s) written" + (f", detections in {args.json}" if args.json else "")
+          + (f"; {skipped} unreadable input(s) skipped" if skipped else ""))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
     python test_video.py --pretrained-model trained_models/ssd.pth --input clip.mp4 --output out.mp4
     python test_video.py --input 0 --output webcam.avi --display
 """
-import argparse
 import math
 import os
 import time
@@ -11,16 +10,18 @@ import time
 import cv2
 from tqdm import tqdm
 
-from src.cli import add_detector_args, checkpoint_from_args, output_folder, positive_int, run_cli
+from src.cli import ArgumentParser, add_detector_args, checkpoint_from_args, positive_int, run_cli
 from src.detector import Detector, bgr_to_tensor
 from src.draw import draw_detections
 from src.errors import UserError
+from src.outputs import OutputGuard
+from src.weights import local_path
 
 CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     add_detector_args(p, cls_threshold=0.3)
     p.add_argument("--input", required=True, help="a video file, or a camera index such as 0")
     p.add_argument("--output", help="output video, .mp4 or .avi (default: beside the input, _prediction)")
@@ -29,15 +30,23 @@ def get_args_parser():
     return p
 
 
-def open_reader(source: str):
+def check_input(source: str):
+    """A camera index, or a video file (a folder or a still image is refused: test_image.py
+    is for pictures)."""
     if source.isdigit():
-        cap = cv2.VideoCapture(int(source))
-    elif not os.path.isfile(source):
+        return
+    if os.path.isdir(source):
+        raise UserError(f"input {source} is a folder, not a video file (test_image.py reads folders of pictures)")
+    if not os.path.isfile(source):
         raise UserError(f"input video {source} does not exist")
-    else:
-        cap = cv2.VideoCapture(source)
+    if cv2.haveImageReader(source):
+        raise UserError(f"input {source} is a still image, not a video: use test_image.py")
+
+
+def open_reader(source: str):
+    cap = cv2.VideoCapture(int(source)) if source.isdigit() else cv2.VideoCapture(source)
     if not cap.isOpened():
-        raise UserError(f"cannot open {source} as a video or camera")
+        raise UserError(f"cannot open camera {source}" if source.isdigit() else f"cannot open {source} as a video")
     return cap
 
 
@@ -49,12 +58,8 @@ def output_path(args) -> str:
     else:
         stem, ext = os.path.splitext(args.input)
         out = f"{stem}_prediction{ext if ext.lower() in CODECS else '.mp4'}"
-    ext = os.path.splitext(out)[1].lower()
-    if ext not in CODECS:
-        raise UserError(f"output {out}: use a .mp4 or .avi file name")
-    if os.path.exists(args.input) and os.path.abspath(out) == os.path.abspath(args.input):
-        raise UserError(f"output {out} is the input itself: choose another --output")
-    output_folder(os.path.dirname(os.path.abspath(out)))
+    if os.path.splitext(out)[1].lower() not in CODECS and not os.path.isdir(out):
+        raise UserError(f"--output {out}: use a .mp4 or .avi file name")
     return out
 
 
@@ -81,13 +86,17 @@ def read_frames(cap, n):
 
 
 def main(args):
-    out_path = output_path(args)
+    check_input(args.input)
+    checkpoint = checkpoint_from_args(args)
+    guard = OutputGuard([args.input, local_path(checkpoint)])
+    out_path = guard.file(output_path(args), "--output")
+    guard.claim()
     cap = open_reader(args.input)
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if fps and math.isfinite(fps) and fps > 0 else 25.0
     width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    detector = Detector.from_checkpoint(checkpoint_from_args(args), args.model, args.device,
+    detector = Detector.from_checkpoint(checkpoint, args.model, args.device,
                                         cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
                                         amp=args.amp)
     display = args.display and can_display()
@@ -111,6 +120,7 @@ def main(args):
     finally:
         cap.release()
         writer.release()
+        guard.record([out_path])
         if display:
             cv2.destroyAllWindows()
     if count == 0:

@@ -19,12 +19,14 @@ from torch.utils.tensorboard import SummaryWriter
 
 from src.box_coder import BoxCoder
 from src.checkpoint import load_matching_weights, load_model_weights, model_state_dict, read_checkpoint, save_atomic
-from src.cli import non_negative_int, positive_int, run_cli
+from src.cli import (ArgumentParser, default_device, device_name, fraction, non_negative_float, non_negative_int,
+                     positive_float, positive_int, run_cli, sgd_momentum, training_batch_size, zoom_factor)
 from src.dataset import CocoDetection, ResumableSampler, coco_paths, collate, read_rgb, worker_init
 from src.default_boxes import default_boxes
 from src.distributed import cleanup, gather_lists, init_distributed
 from src.engine import epoch_summary, evaluate, train_one_epoch
-from src.errors import CheckpointError, DatasetError, UserError
+from src.errors import CheckpointError, DatasetError, ImageReadError, UserError
+from src.outputs import FolderLock, OutputGuard, identity
 from src.loss import MultiBoxLoss
 from src.model import build_model
 from src.optim import param_groups, scaled_lr, warmup_multistep
@@ -32,37 +34,41 @@ from src.postprocess import Postprocessor
 from src.specs import MODEL_NAMES, get_spec
 from src.stop import GracefulStop
 from src.transforms import train_transforms, val_transforms
-from src.weights import resolve_checkpoint
+from src.weights import local_path, resolve_checkpoint
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-path", default="/coco", help="root with annotations/, train2017/, val2017/")
     p.add_argument("--save-folder", default="trained_models", help="where <model>.pth is written")
     p.add_argument("--log-path", default=None, help="TensorBoard folder (default: runs/<model>)")
     p.add_argument("--model", choices=MODEL_NAMES, default="ssd")
     p.add_argument("--epochs", type=positive_int, default=65)
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per process and step")
+    p.add_argument("--batch-size", type=training_batch_size, default=32,
+                   help="images per process and step (at least 2: BatchNorm on the 1x1 feature map needs two)")
     p.add_argument("--multistep", type=non_negative_int, nargs="*", default=[43, 54],
                    help="epochs at which lr drops 10x")
     p.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster with --amp)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    p.add_argument("--lr", type=float, default=2.6e-3, help="for 32 images a step; scaled by the global batch")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="on conv weights, not on BN or biases")
+    p.add_argument("--lr", type=positive_float, default=2.6e-3,
+                   help="for 32 images a step; scaled by the global batch")
+    p.add_argument("--momentum", type=sgd_momentum, default=0.9, help="SGD momentum, in [0, 1)")
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="on conv weights, not on BN or biases")
     p.add_argument("--warmup", type=non_negative_int, default=300, help="iterations of linear warm-up")
-    p.add_argument("--zoom-out", type=float, default=4.0,
+    p.add_argument("--zoom-out", type=zoom_factor, default=4.0,
                    help="largest zoom-out (expand) of the augmentation; 1 turns it off")
-    p.add_argument("--nms-threshold", type=float, default=0.5)
+    p.add_argument("--nms-threshold", type=fraction, default=0.5)
     p.add_argument("--num-workers", type=non_negative_int, default=4)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", type=device_name, default=default_device())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-pretrained-backbone", action="store_true", help="do not load ImageNet weights")
     p.add_argument("--finetune-from", default=None, metavar="PATH|original|nvidia",
                    help="start from a checkpoint of any form; class heads of another class count start afresh")
     p.add_argument("--eval-every", type=non_negative_int, default=1, help="COCO mAP every N epochs; 0 turns it off")
-    p.add_argument("--dist-timeout", type=float, default=600, help="seconds before a stalled rank fails")
+    p.add_argument("--dist-timeout", type=positive_float, default=600, help="seconds before a stalled rank fails")
+    p.add_argument("--max-bad-images", type=fraction, default=0.05,
+                   help="share of missing or unreadable images tolerated (skipped with a warning); above it, an error")
     # torch.distributed.launch passes --local-rank (or --local_rank); torchrun sets LOCAL_RANK
     p.add_argument("--local-rank", "--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -90,15 +96,46 @@ def set_rng_states(states: dict):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def build_datasets(args):
+def log_dir(args) -> str:
+    return args.log_path or os.path.join("runs", args.model)
+
+
+def prepare_outputs(args) -> FolderLock:
+    """Before any work: the save and log folders exist, are writable and are not dataset folders;
+    no other run holds the save folder; nothing there would be overwritten that is not this run's."""
     if not os.path.isdir(args.data_path):
         raise DatasetError(f"dataset folder {args.data_path} not found (set --data-path)")
+    reads = [args.data_path, *coco_paths(args.data_path, "train"), *coco_paths(args.data_path, "val"),
+             os.path.dirname(coco_paths(args.data_path, "train")[0])]
+    guard = OutputGuard(reads)
+    guard.folder(args.save_folder, "--save-folder")
+    guard.folder(log_dir(args), "--log-path")
+    lock = FolderLock(args.save_folder).acquire()
+    if lock.taken_over:
+        print(f"note: {args.save_folder} was held by a run that ended without releasing it ({lock.taken_over}); "
+              "taken over")
+    last, best = checkpoint_path(args), best_path(args)
+    if args.finetune_from and identity(local_path(args.finetune_from)) in (identity(last), identity(best)):
+        raise UserError(f"--finetune-from {args.finetune_from} is where this run saves its checkpoints: "
+                        "copy it elsewhere or choose another --save-folder")
+    if os.path.lexists(best) and not os.path.lexists(last):
+        raise CheckpointError(f"{best} is left from an earlier run and {last} is absent, so this run would "
+                              "replace it: move it away or choose another --save-folder")
+    return lock
+
+
+def build_datasets(args):
     train_ann, train_images = coco_paths(args.data_path, "train")
     val_ann, val_images = coco_paths(args.data_path, "val")
-    train = CocoDetection(train_images, train_ann, train_transforms(zoom_out=args.zoom_out))
-    val = CocoDetection(val_images, val_ann, val_transforms())
+    train = CocoDetection(train_images, train_ann, train_transforms(zoom_out=args.zoom_out),
+                          max_missing=args.max_bad_images)
+    val = CocoDetection(val_images, val_ann, val_transforms(), max_missing=args.max_bad_images)
     if train.category_ids != val.category_ids:
         raise DatasetError(f"train and val annotations of {args.data_path} list different categories")
+    if train.report.boxes == 0:
+        r = train.report
+        raise DatasetError(f"no annotation of {train_ann} is a usable box ({r.degenerate} degenerate, "
+                           f"{r.crowd} crowd): nothing to learn")
     return train, val
 
 
@@ -124,6 +161,10 @@ def create_model(args, num_classes: int, resuming: bool):
 
 def checkpoint_path(args) -> str:
     return os.path.join(args.save_folder, f"{args.model}.pth")
+
+
+def best_path(args) -> str:
+    return os.path.join(args.save_folder, f"{args.model}_best.pth")
 
 
 def read_resume_checkpoint(args, dataset):
@@ -221,7 +262,10 @@ def save_checkpoint(run: Run, path: str, epoch: int, progress=None, rng=None):
 
 def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):
     for image_id in val_set.ids[:count]:
-        image = read_rgb(val_set.image_path(image_id))
+        try:
+            image = read_rgb(val_set.image_path(image_id))
+        except ImageReadError:  # named by the evaluation's warnings already
+            continue
         dets = [r for r in results if r["image_id"] == image_id and r["score"] >= min_score]
         boxes = torch.tensor([r["bbox"] for r in dets], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
@@ -232,10 +276,23 @@ def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):
 
 def main(args):
     rank, _, world_size, device = init_distributed(args.device, args.dist_timeout)
+    lock = prepare_outputs(args) if rank == 0 else None
+    try:
+        train(args, rank, world_size, device)
+    finally:
+        if lock is not None:
+            lock.release()
+        cleanup()
+
+
+def train(args, rank, world_size, device):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     seed_everything(args.seed + rank)
     train_set, val_set = build_datasets(args)
+    if rank == 0:
+        for line in train_set.warnings + val_set.warnings:
+            print(f"warning: {line}", file=sys.stderr)
     if len(train_set) < args.batch_size * world_size:
         raise DatasetError(f"{len(train_set)} training images are fewer than one global batch "
                            f"({args.batch_size} x {world_size}): lower --batch-size")
@@ -250,11 +307,10 @@ def main(args):
             print(f"Resuming from {checkpoint_path(args)}: {start_epoch} epochs done{done}")
     del ckpt
     if rank == 0:
-        log_dir = args.log_path or os.path.join("runs", args.model)
-        run.writer = SummaryWriter(log_dir, purge_step=run.lr_scheduler.last_epoch or None)
+        run.writer = SummaryWriter(log_dir(args), purge_step=run.lr_scheduler.last_epoch or None)
         print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "
               f"images, {world_size} process(es) on {device.type}, lr {run.optimizer.param_groups[0]['lr']:g}, "
-              f"TensorBoard in {log_dir}")
+              f"TensorBoard in {log_dir(args)}")
     stopper = GracefulStop().install()
     for epoch in range(start_epoch, args.epochs):
         mine = rank if progress and len(progress) == world_size else 0
@@ -270,7 +326,6 @@ def main(args):
     stopper.uninstall()
     if run.writer is not None:
         run.writer.close()
-    cleanup()
 
 
 def train_epoch(run: Run, epoch: int, stopper, progress=None, rng=None) -> bool:
@@ -286,7 +341,7 @@ def train_epoch(run: Run, epoch: int, stopper, progress=None, rng=None) -> bool:
     totals = train_one_epoch(run.model, run.criterion, run.optimizer, run.lr_scheduler, run.scaler, run.loader,
                              run.device, totals=progress, should_stop=stopper.should_stop, amp=args.amp,
                              channels_last=args.channels_last, writer=run.writer,
-                             desc=f"epoch {epoch + 1}/{args.epochs}")
+                             desc=f"epoch {epoch + 1}/{args.epochs}", max_bad_share=args.max_bad_images)
     if not totals["complete"]:
         progress, rng = gather_lists([totals]), gather_lists([rng_states()])
         if run.rank == 0:
@@ -310,7 +365,7 @@ def train_epoch(run: Run, epoch: int, stopper, progress=None, rng=None) -> bool:
             log_val_images(run.writer, run.val_set, results, epoch)
         save_checkpoint(run, checkpoint_path(args), epoch + 1)
         if improved:
-            save_checkpoint(run, os.path.join(args.save_folder, f"{args.model}_best.pth"), epoch + 1)
+            save_checkpoint(run, best_path(args), epoch + 1)
     return True
 
 

@@ -10,12 +10,14 @@ refused before any of it runs.
 """
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 
 import torch
 
 from .errors import CheckpointError
+from .outputs import default_mode
 from .specs import get_spec
 
 # keys of a parameter only one of the two backbones has
@@ -27,6 +29,8 @@ _UNUSED_SSDLITE_PREFIXES = ("loc.6.", "conf.6.")
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
     """``torch.load`` with ``weights_only=True``, turning every failure into one clear line."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     if os.path.getsize(path) == 0:
@@ -38,12 +42,21 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
             raise CheckpointError(f"checkpoint {path} carries pickled code or objects and was refused "
                                   "(only tensors and plain containers are loaded)") from None
         raise CheckpointError(f"{path} is not a readable checkpoint (not a torch.save file)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt: {first})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError, IndexError, TypeError,
+            AttributeError, UnicodeDecodeError) as e:  # what the unpickler raises on text or random bytes
+        raise CheckpointError(_unreadable(path, e)) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
+
+
+def _unreadable(path: str, error: Exception) -> str:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip; older torch a pickle
+        return f"{path} is not a checkpoint (not a file written by torch.save)"
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"{path} is not a readable checkpoint (truncated or corrupt: {first})"
 
 
 def model_state_dict(ckpt: dict, path: str = "checkpoint") -> dict:
@@ -126,6 +139,7 @@ def save_atomic(obj: dict, path: str):
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".tmp")
+        os.fchmod(fd, default_mode())
     except OSError as e:
         raise CheckpointError(f"cannot write {path}: {e.strerror}") from None
     try:
@@ -141,6 +155,7 @@ def save_atomic(obj: dict, path: str):
     except BaseException:
         os.remove(tmp)
         raise
+    leftover = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}\.tmp")  # the names mkstemp gives
     for name in os.listdir(folder):  # temporaries left by a process killed while saving
-        if name.startswith(prefix) and name.endswith(".tmp"):
+        if leftover.fullmatch(name):
             os.remove(os.path.join(folder, name))

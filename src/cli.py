@@ -1,13 +1,24 @@
 """What the command-line scripts share: detector flags, and errors as one line."""
 import argparse
+import math
 import os
 import sys
+
+import cv2
 
 import torch
 
 from .errors import UserError
 from .specs import MODEL_NAMES
-from .weights import resolve_checkpoint
+from .weights import PUBLISHED, local_path
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with a usage error on one line, ``prog: error: message`` (the usage
+    itself is one ``--help`` away), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def positive_int(text: str) -> int:
@@ -15,9 +26,84 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+def training_batch_size(text: str) -> int:
+    """argparse type: images per process in training, at least 2 (BatchNorm of the 1x1 feature
+    map, the last of both models, has one value per channel and image: one image cannot train it)."""
+    return _int_at_least(text, 2)
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _int_at_least(text, 0)
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0 (a learning rate, a timeout)."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is not above 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (weight decay)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} is below 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in [0, 1] (a score or IoU threshold, a share)."""
+    value = _float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not in [0, 1]")
+    return value
+
+
+def sgd_momentum(text: str) -> float:
+    """argparse type: SGD momentum, in [0, 1)."""
+    value = _float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is not in [0, 1)")
+    return value
+
+
+def zoom_factor(text: str) -> float:
+    """argparse type: a zoom-out factor, at least 1 (1 turns zoom-out off)."""
+    value = _float(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value:g} is below 1 (1 turns zoom-out off)")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: ``cpu``, ``cuda`` or ``cuda:N``, and present on this machine."""
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: only cpu and cuda devices are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA GPU is available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return text
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _int_at_least(text, low):
@@ -37,17 +123,24 @@ def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
                         "for their published COCO weights (default trained_models/<model>.pth)")
     p.add_argument("--model", choices=MODEL_NAMES, default=None,
                    help="only needed when no checkpoint is given; read from the checkpoint otherwise")
-    p.add_argument("--cls-threshold", "--cls_threshold", type=float, default=cls_threshold,
-                   help="minimum score of a detection")
-    p.add_argument("--nms-threshold", "--nms_threshold", type=float, default=0.5)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--cls-threshold", "--cls_threshold", type=fraction, default=cls_threshold,
+                   help="minimum score of a detection, in [0, 1]")
+    p.add_argument("--nms-threshold", "--nms_threshold", type=fraction, default=0.5,
+                   help="IoU above which NMS drops the lower-scored box, in [0, 1]")
+    p.add_argument("--device", type=device_name, default=default_device())
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
 
 
 def checkpoint_from_args(args) -> str:
-    """--pretrained-model, or trained_models/<model>.pth, or the one checkpoint found there."""
+    """--pretrained-model (a path, or a published name, fetched when loaded), or the default
+    trained_models/<model>.pth, or the one checkpoint found there."""
     if args.pretrained_model:
-        return resolve_checkpoint(args.pretrained_model)
+        path = local_path(args.pretrained_model)
+        if os.path.isdir(path):
+            raise UserError(f"--pretrained-model {path} is a folder, not a checkpoint file")
+        if args.pretrained_model not in PUBLISHED and not os.path.exists(path):
+            raise UserError(f"checkpoint {path} does not exist")
+        return args.pretrained_model
     names = [args.model] if args.model else list(MODEL_NAMES)
     for name in names:
         path = os.path.join("trained_models", f"{name}.pth")
@@ -56,20 +149,14 @@ def checkpoint_from_args(args) -> str:
     raise UserError(f"no checkpoint at trained_models/{names[0]}.pth: pass --pretrained-model PATH")
 
 
-def output_folder(path: str) -> str:
-    """Create ``path`` if needed; one clear error if it cannot be created or written."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create output folder {path} ({e.strerror})") from None
-    if not os.access(path, os.W_OK):
-        raise UserError(f"output folder {path} is not writable")
-    return path
-
-
 def run_cli(main, args):
-    """Run ``main(args)``; a :class:`UserError` becomes one line on stderr and exit status 1."""
+    """Run ``main(args)``; a :class:`UserError` becomes one line on stderr and exit status 1.
+
+    OpenCV's own log lines (a missing camera, a broken file) are silenced: our messages say
+    what happened, once.
+    """
     prog = os.path.basename(sys.argv[0])
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
         return main(args)
     except UserError as error:

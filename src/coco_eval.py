@@ -29,8 +29,10 @@ def to_coco_results(detections, image_ids, orig_sizes, category_ids) -> list[dic
     return results
 
 
-def coco_evaluate(coco_gt: COCO, results: list[dict], verbose: bool = True, backend: str = "auto") -> dict:
-    """Run COCOeval (bbox) on every image of ``coco_gt``; print the 12-line summary if ``verbose``.
+def coco_evaluate(coco_gt: COCO, results: list[dict], verbose: bool = True, backend: str = "auto",
+                  image_ids=None) -> dict:
+    """Run COCOeval (bbox) on ``image_ids`` (default: every image of ``coco_gt``); print the
+    12-line summary if ``verbose``.
 
     :param backend: "faster" (faster-coco-eval, the same numbers several times sooner),
         "pycocotools", or "auto": the first when it is installed
@@ -41,10 +43,11 @@ def coco_evaluate(coco_gt: COCO, results: list[dict], verbose: bool = True, back
             print("No detections: every COCO stat is 0.")
         return dict.fromkeys(STAT_NAMES, 0.0)
     results = [dict(r) for r in results]  # loadRes adds keys to what it is given
+    image_ids = sorted(coco_gt.getImgIds() if image_ids is None else image_ids)
     if backend == "faster" or (backend == "auto" and _has_faster_coco_eval()):
-        stats, summary = _faster_coco_eval(coco_gt, results)
+        stats, summary = _faster_coco_eval(coco_gt, results, image_ids)
     else:
-        stats, summary = _pycocotools(coco_gt, results)
+        stats, summary = _pycocotools(coco_gt, results, image_ids)
     if verbose:
         print(summary, end="")
     return {name: float(v) for name, v in zip(STAT_NAMES, stats)}
@@ -58,10 +61,10 @@ def _has_faster_coco_eval() -> bool:
     return True
 
 
-def _pycocotools(coco_gt, results):
+def _pycocotools(coco_gt, results, image_ids):
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval(coco_gt, coco_gt.loadRes(results), "bbox")
-        evaluator.params.imgIds = sorted(coco_gt.getImgIds())
+        evaluator.params.imgIds = image_ids
         evaluator.evaluate()
         evaluator.accumulate()
     summary = io.StringIO()
@@ -70,13 +73,13 @@ def _pycocotools(coco_gt, results):
     return evaluator.stats, summary.getvalue()
 
 
-def _faster_coco_eval(coco_gt, results):
+def _faster_coco_eval(coco_gt, results, image_ids):
     from faster_coco_eval import COCO as FastCOCO
     from faster_coco_eval import COCOeval_faster
     lines = []
     gt = FastCOCO(coco_gt.dataset, use_deepcopy=True)
     evaluator = COCOeval_faster(gt, gt.loadRes(results), "bbox", print_function=lines.append)
-    evaluator.params.imgIds = sorted(coco_gt.getImgIds())
+    evaluator.params.imgIds = image_ids
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()

@@ -7,13 +7,13 @@ import os
 import sys
 
 import cv2
+import numpy as np
 import torch
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
+from .coco_check import MIN_BOX_SIDE, CocoReport, check_coco
 from .errors import DatasetError, ImageReadError
-
-MIN_BOX_SIDE = 1.0  # pixels; thinner boxes cannot be matched to any default box
 
 
 def coco_paths(root: str, split: str) -> tuple[str, str]:
@@ -27,34 +27,55 @@ LAYOUT = ("root/annotations/instances_{train,val}2017.json with images in root/{
           "or any COCO-format JSON and image folder")
 
 
-def load_coco(annotation_file: str) -> COCO:
-    """pycocotools' COCO index, checked: a missing file, bad JSON or boxes that are not
-    four numbers raise :class:`DatasetError` naming the file."""
+def load_coco(annotation_file: str) -> tuple[COCO, CocoReport]:
+    """pycocotools' COCO index of a checked annotation file (see :mod:`src.coco_check`):
+    a missing file, bad JSON or a fatal problem raise :class:`DatasetError` naming the file.
+
+    :return: ``(coco, report)``, the report counting what was mended or will be dropped
+    """
+    if os.path.isdir(annotation_file):
+        raise DatasetError(f"annotation file {annotation_file} is a folder, not a JSON file")
     if not os.path.isfile(annotation_file):
         raise DatasetError(f"annotation file {annotation_file} not found (expected {LAYOUT})")
     try:
-        with open(annotation_file) as f:
+        with open(annotation_file, "rb") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DatasetError(f"annotation file {annotation_file} is not valid JSON ({e})") from None
-    _check_coco_dict(data, annotation_file)
+    report = check_coco(data, annotation_file)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
-    return coco
+    return coco, report
 
 
-def _check_coco_dict(data, path):
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DatasetError(f"annotation file {path} has no 'images' list: not COCO format")
-    data.setdefault("annotations", [])
-    data.setdefault("categories", [])
-    for ann in data["annotations"]:
-        box = ann.get("bbox")
-        if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-            raise DatasetError(f"annotation {ann.get('id')} in {path} has bbox {box!r}: "
-                               "expected [x, y, width, height], four numbers")
+def _is_jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG stream reaches its end-of-image marker. Some decoders (OpenCV's
+    ``imread``, libjpeg) turn a file cut short into a half-grey picture with only a warning;
+    this walks the markers (skipping segments by their length, and scan data to the next
+    marker) so that a truncated file is caught whatever the decoder does. Trailing bytes
+    after the marker (some cameras add them) are allowed."""
+    if data.endswith(b"\xff\xd9"):
+        return True
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:  # fill byte, TEM, RSTn: no length
+            pos += 1 if marker == 0xFF else 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next marker
+            while (pos := data.find(b"\xff", pos)) >= 0 and pos + 1 < n and (
+                    data[pos + 1] == 0 or 0xD0 <= data[pos + 1] <= 0xD7):
+                pos += 2  # a stuffed 0xFF00 or a restart marker
+            if pos < 0 or pos + 1 >= n:
+                return False
+    return False
 
 
 def read_rgb(path: str, apply_exif: bool = False) -> torch.Tensor:
@@ -62,13 +83,21 @@ def read_rgb(path: str, apply_exif: bool = False) -> torch.Tensor:
 
     OpenCV decodes faster than PIL and is not deprecated like torchvision.io's decoders.
     EXIF orientation is ignored by default, as COCO's annotations are on the stored pixels;
-    photos from a phone want ``apply_exif=True``.
+    photos from a phone want ``apply_exif=True``. A missing, unreadable or truncated file
+    raises :class:`ImageReadError` saying which.
     """
+    if os.path.isdir(path):
+        raise ImageReadError(f"image {path} is a folder, not an image file")
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise ImageReadError(f"image {path} {'does not exist' if not os.path.exists(path) else e.strerror}") from None
+    if data[:2].tobytes() == b"\xff\xd8" and not _is_jpeg_complete(data.tobytes()):
+        raise ImageReadError(f"image {path} is truncated (the JPEG ends before its end-of-image marker)")
     flags = cv2.IMREAD_COLOR if apply_exif else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    bgr = cv2.imread(path, flags)
+    bgr = cv2.imdecode(data, flags) if len(data) else None
     if bgr is None:
-        reason = "does not exist" if not os.path.exists(path) else "is not an image OpenCV can decode"
-        raise ImageReadError(f"image {path} {reason}")
+        raise ImageReadError(f"image {path} is not an image OpenCV can decode (empty, truncated or another format)")
     return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)  # (3, H, W)
 
 
@@ -83,12 +112,31 @@ class CocoDetection(torch.utils.data.Dataset):
     A sample is ``(image, target)``: the image as the transforms leave it, and a target
     with ``boxes`` (n, 4) ltrb normalised to [0, 1] of the transformed image, ``labels``
     (n,) int64, ``image_id`` and ``orig_size`` (h, w) of the file.
+
+    The annotation file is checked at once (:mod:`src.coco_check`), and so is the presence of
+    every image file: images missing from ``image_dir`` are left out with a warning, unless
+    they are more than ``max_missing`` of the set (a wrong folder), which is an error.
+    ``warnings`` holds the summary lines for the caller to print.
     """
 
-    def __init__(self, image_dir: str, annotation_file: str, transforms=None):
+    def __init__(self, image_dir: str, annotation_file: str, transforms=None, max_missing: float = 0.05):
         self.image_dir = image_dir
-        self.coco = load_coco(annotation_file)
-        self.ids = sorted(self.coco.imgs)
+        self.annotation_file = annotation_file
+        self.coco, self.report = load_coco(annotation_file)
+        listed = sorted(self.coco.imgs)
+        if not listed:
+            raise DatasetError(f"annotation file {annotation_file} lists no images")
+        missing = set(missing_files(image_dir, [self.coco.imgs[i]["file_name"] for i in listed]))
+        if len(missing) > max_missing * len(listed):
+            first = sorted(missing)[0]
+            raise DatasetError(f"{len(missing)} of the {len(listed)} images of {annotation_file} are missing from "
+                               f"{image_dir} (first: {first}): is the image folder right? (at most "
+                               f"{max_missing:.0%} may be missing; --max-bad-images sets it)")
+        self.ids = [i for i in listed if self.coco.imgs[i]["file_name"] not in missing]
+        self.warnings = [f"{annotation_file}: {line}" for line in [self.report.warning()] if line]
+        if missing:
+            self.warnings.append(f"{len(missing)} of the {len(listed)} images of {annotation_file} are missing "
+                                 f"from {image_dir} and left out (first: {sorted(missing)[0]})")
         self.category_ids = sorted(self.coco.cats)
         self.category_names = [self.coco.cats[c]["name"] for c in self.category_ids]
         self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
@@ -150,6 +198,26 @@ class CocoDetection(torch.utils.data.Dataset):
         return image.as_subclass(torch.Tensor), {"boxes": torch.zeros(0, 4),
                                                  "labels": torch.zeros(0, dtype=torch.int64),
                                                  "image_id": image_id, "orig_size": size, "bad": reason}
+
+
+def missing_files(folder: str, names: list[str]) -> list[str]:
+    """Which of ``names`` (paths relative to ``folder``) are not in it; one listing per
+    subfolder, not one stat per file (fast on network file systems)."""
+    if not os.path.isdir(folder):
+        raise DatasetError(f"image folder {folder} not found" if not os.path.exists(folder)
+                           else f"image folder {folder} is a file, not a folder")
+    listings = {}
+    missing = []
+    for name in names:
+        sub, base = os.path.split(name)
+        if sub not in listings:
+            try:
+                listings[sub] = set(os.listdir(os.path.join(folder, sub)))
+            except OSError:
+                listings[sub] = set()
+        if base not in listings[sub]:
+            missing.append(name)
+    return missing
 
 
 def worker_init(worker_id):

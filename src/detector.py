@@ -14,6 +14,7 @@ from .errors import CheckpointError
 from .model import build_model
 from .postprocess import Postprocessor
 from .transforms import val_transforms
+from .weights import resolve_checkpoint
 
 
 @dataclass
@@ -47,10 +48,13 @@ def categories_of(ckpt: dict, num_classes: int) -> tuple[list[int], list[str]]:
 def load_checkpoint_model(path: str, model_name: str | None = None, map_location="cpu"):
     """Build the model a checkpoint of any of the three forms holds, with its weights.
 
+    :param path: a checkpoint file, or the name of published weights ("nvidia", "original"),
+        fetched into the torch hub cache the first time
     The architecture comes from the keys and the class count from the class head;
     ``model_name``, when given, must agree.
     :return: ``(model in eval mode, category_ids, category_names)``
     """
+    path = resolve_checkpoint(path)
     ckpt = read_checkpoint(path, map_location)
     state = model_state_dict(ckpt, path)
     found = infer_model_name(state)

@@ -1,5 +1,6 @@
 """One training epoch and one prediction pass: the loops that train.py and test_dataset.py run."""
 import math
+import sys
 import time
 
 import torch
@@ -9,7 +10,7 @@ from .box_coder import pad_targets
 from .coco_eval import coco_evaluate, to_coco_results
 from .dataset import eval_loader
 from .distributed import all_reduce_sum, broadcast_object, gather_lists, is_main_process
-from .errors import NonFiniteLossError
+from .errors import DatasetError, NonFiniteLossError
 
 
 def autocast(device: torch.device, amp: bool):
@@ -58,12 +59,22 @@ def train_step(model, criterion, optimizer, scaler, images, targets, device, amp
     return losses
 
 
+def _check_bad_share(bad: int, seen: int, max_share: float, final: bool):
+    # early in an epoch a few bad files are no verdict: judge against at least 200 images
+    if bad and bad > max_share * (seen if final else max(seen, 200)):
+        raise DatasetError(f"{bad} of the {seen} images read this epoch could not be decoded (named above), "
+                           f"more than {max_share:.0%}: check the image files (--max-bad-images sets the share)")
+
+
 def train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, device, *, totals=None,
-                    should_stop=None, amp=False, channels_last=False, writer=None, log_every=20, desc=""):
+                    should_stop=None, amp=False, channels_last=False, writer=None, log_every=20, desc="",
+                    max_bad_share=1.0):
     """Train over ``loader`` once, or until ``should_stop(step)`` says so after a step.
 
     :param totals: the running totals of an epoch resumed mid-way (``loader`` then yields
         only its remaining batches), as returned here; None for a new epoch
+    :param max_bad_share: share of unreadable images (placeholders) tolerated; above it,
+        :class:`DatasetError`
     :return: this rank's running totals ``{"sums": [total, loc, cls], "batches", "bad_images",
         "complete"}``; :func:`epoch_summary` turns them into averages over the ranks
     """
@@ -85,6 +96,7 @@ def train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, d
         sums += parts
         batches += 1
         bad += sum(1 for t in targets if t.get("bad"))
+        _check_bad_share(bad, batches * len(images), max_bad_share, final=False)
         previous = (parts[0], step, [t["image_id"] for t in targets])
         seen += len(images)
         if step % log_every == 0:
@@ -94,6 +106,8 @@ def train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, d
             break
     bar.close()
     _check_finite(*previous)
+    if complete:
+        _check_bad_share(bad, batches * loader.batch_size, max_bad_share, final=True)
     return {"sums": sums.tolist(), "batches": batches, "bad_images": bad, "complete": complete,
             "images_per_s": seen / max(1e-9, time.perf_counter() - start)}
 
@@ -121,7 +135,8 @@ def _log_step(bar, writer, parts, optimizer, step, rate):
 
 @torch.no_grad()
 def predict(model, postprocess, loader, device, *, amp=False, channels_last=False, desc="eval"):
-    """Detections for every image of ``loader`` (this rank's shard).
+    """Detections for every readable image of ``loader`` (this rank's shard); an image file
+    that cannot be decoded (the loader gives a blank placeholder marked ``bad``) is left out.
 
     :return: ``(detections, image_ids, orig_sizes)``: per image ``(boxes (k, 4) normalised
         ltrb, labels (k,), scores (k,))`` on the CPU, its id and its (h, w)
@@ -131,15 +146,18 @@ def predict(model, postprocess, loader, device, *, amp=False, channels_last=Fals
     for images, targets in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True):
         with autocast(device, amp):
             ploc, plabel = model(to_input(images, device, channels_last))
-        detections += postprocess(ploc, plabel, out_device="cpu")
-        image_ids += [t["image_id"] for t in targets]
-        sizes += [t["orig_size"] for t in targets]
+        for dets, target in zip(postprocess(ploc, plabel, out_device="cpu"), targets):
+            if not target.get("bad"):
+                detections.append(dets)
+                image_ids.append(target["image_id"])
+                sizes.append(target["orig_size"])
     return detections, image_ids, sizes
 
 
 def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32, num_workers=4, amp=False,
              channels_last=False, rank=0, world_size=1):
-    """COCO mAP of ``model`` on ``dataset`` (every image, those without annotations included).
+    """COCO mAP of ``model`` on ``dataset`` (every image, those without annotations included;
+    image files that cannot be decoded are left out of the evaluation, with a warning).
 
     Each rank predicts its own shard; the detections are gathered and the main process runs
     COCOeval and prints the 12-line summary.
@@ -150,5 +168,13 @@ def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32
     loader = eval_loader(dataset, batch_size, num_workers, rank, world_size, pin_memory=device.type == "cuda")
     detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=amp, channels_last=channels_last)
     results = gather_lists(to_coco_results(detections, image_ids, sizes, category_ids))
-    stats = coco_evaluate(dataset.coco, results) if is_main_process() else None
+    evaluated = gather_lists(image_ids)
+    stats = None
+    if not evaluated:
+        raise DatasetError(f"none of the {len(dataset)} images of {dataset.image_dir} could be read (named above)")
+    if is_main_process():
+        if len(evaluated) < len(dataset):
+            print(f"warning: {len(dataset) - len(evaluated)} of {len(dataset)} images could not be read and are "
+                  "left out of the evaluation (named above)", file=sys.stderr)
+        stats = coco_evaluate(dataset.coco, results, image_ids=evaluated)
     return broadcast_object(stats), results

@@ -10,6 +10,8 @@ import os
 import cv2
 import numpy as np
 
+from .errors import UserError
+
 CATEGORIES = [  # (id, name): ids with gaps, as in COCO
     (2, "circle"), (5, "square"), (9, "triangle"), (14, "cross"),
 ]
@@ -82,6 +84,10 @@ def write_split(root, split, num_images, seed, size=(480, 640), max_objects=3, e
 
 
 def generate(root, num_train=800, num_val=100, seed=0, size=(480, 640)):
-    """Write the train and val splits under ``root`` (deterministic for a given seed)."""
+    """Write the train and val splits under ``root`` (deterministic for a given seed). ``root``
+    must be new or empty: nothing already there is overwritten."""
+    if os.path.isfile(root) or (os.path.isdir(root) and os.listdir(root)):
+        raise UserError(f"{root} is {'a file' if os.path.isfile(root) else 'a folder that is not empty'}: "
+                        "the toy dataset is made in a new or empty folder")
     write_split(root, "train", num_train, seed, size)
     write_split(root, "val", num_val, seed + 1, size)

@@ -29,6 +29,11 @@ def cache_path(name: str) -> str:
     return os.path.join(torch.hub.get_dir(), "checkpoints", PUBLISHED[name]["file"])
 
 
+def local_path(name_or_path: str) -> str:
+    """Where the checkpoint ``name_or_path`` is (or will be, once downloaded) on this machine."""
+    return cache_path(name_or_path) if name_or_path in PUBLISHED else name_or_path
+
+
 def resolve_checkpoint(name_or_path: str, url: str | None = None) -> str:
     """A checkpoint path: ``name_or_path`` itself, or for "nvidia" / "original" the published file
     in the torch hub cache, downloaded (and checked) the first time. ``url`` overrides the

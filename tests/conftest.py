@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -71,3 +72,16 @@ def toy_root(tmp_path_factory):
     write_split(root, "train", 12, seed=0, size=(240, 320))
     write_split(root, "val", 6, seed=1, size=(240, 320))
     return root
+
+
+@pytest.fixture(scope="session")
+def ours(toy_root, tmp_path_factory):
+    """A checkpoint written by train.py (one short epoch), with its TensorBoard folder beside it in tb/."""
+    save = tmp_path_factory.mktemp("trained")
+    result = subprocess.run([sys.executable, "train.py", "--data-path", toy_root, "--save-folder", str(save),
+                             "--log-path", str(save / "tb"), "--model", "ssdlite", "--batch-size", "4", "--epochs",
+                             "1", "--num-workers", "0", "--no-pretrained-backbone", "--eval-every", "0"],
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"},
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    return str(save / "ssdlite.pth")

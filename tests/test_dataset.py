@@ -1,12 +1,15 @@
 """CocoDetection on a hand-made COCO-format set with every quirk the reader must survive."""
+import io
 import json
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from src.dataset import CocoDetection, coco_paths, collate
+from src.dataset import CocoDetection, _is_jpeg_complete, coco_paths, collate, read_rgb
+from src.errors import DatasetError, ImageReadError
 from src.transforms import train_transforms, val_transforms
 
 
@@ -95,3 +98,79 @@ def test_toy_set_has_the_original_layout(toy_root):
     ann, images = coco_paths(toy_root, "val")
     ds = CocoDetection(images, ann, val_transforms())
     assert len(ds) == 6 and ds.category_ids == [2, 5, 9, 14]
+
+
+def _jpeg_bytes(progressive=False, exif_thumbnail=False) -> bytes:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(np.kron(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), np.ones((10, 10, 1),
+                                                                                                dtype=np.uint8)))
+    buf = io.BytesIO()
+    kwargs = {"progressive": progressive, "quality": 90}
+    if exif_thumbnail:  # an EXIF block that holds a whole JPEG (its own end marker) near the start
+        thumb = io.BytesIO()
+        img.resize((32, 24)).save(thumb, "JPEG")
+        exif = Image.Exif()
+        exif[0x010E] = "x" * 10
+        kwargs["exif"] = exif.tobytes() + thumb.getvalue()
+    img.save(buf, "JPEG", **kwargs)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("progressive, exif", [(False, False), (True, False), (False, True)])
+def test_whole_jpegs_are_complete_and_cut_ones_are_not(progressive, exif):
+    data = _jpeg_bytes(progressive, exif)
+    assert _is_jpeg_complete(data)
+    assert _is_jpeg_complete(data + b"\x00trailing bytes some cameras add")
+    for cut in [3000, len(data) // 2, len(data) - 2, len(data) - 1]:
+        assert not _is_jpeg_complete(data[:cut]), cut
+
+
+def test_a_cut_jpeg_that_opencv_would_decode_grey_is_refused(tmp_path):
+    data = _jpeg_bytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[:len(data) // 2])
+    assert cv2.imread(str(path)) is not None  # imread fills the missing half with grey, with a warning only
+    with pytest.raises(ImageReadError, match="truncated"):
+        read_rgb(str(path))
+    (tmp_path / "whole.jpg").write_bytes(data)
+    assert read_rgb(str(tmp_path / "whole.jpg")).shape == (3, 240, 320)
+
+
+def test_read_rgb_names_what_is_wrong(tmp_path):
+    with pytest.raises(ImageReadError, match="does not exist"):
+        read_rgb(str(tmp_path / "none.jpg"))
+    with pytest.raises(ImageReadError, match="is a folder"):
+        read_rgb(str(tmp_path))
+    (tmp_path / "text.jpg").write_text("hello")
+    with pytest.raises(ImageReadError, match="not an image OpenCV can decode"):
+        read_rgb(str(tmp_path / "text.jpg"))
+
+
+def test_mended_and_dropped_annotations_are_counted(quirky, tmp_path):
+    images, ann = quirky
+    data = json.loads(open(ann).read())
+    for a in data["annotations"][:3]:
+        del a["area"], a["iscrowd"], a["id"]
+    path = tmp_path / "mended.json"
+    path.write_text(json.dumps(data))
+    ds = CocoDetection(images, str(path))
+    r = ds.report
+    assert (r.filled_area, r.filled_iscrowd, r.filled_id) == (3, 3, 3)
+    assert r.crowd == 0  # the crowd box lost its iscrowd: 0 by COCO's definition
+    assert r.degenerate == 1 and r.boxes == len(data["annotations"]) - 1
+    ids = [a["id"] for a in ds.coco.dataset["annotations"]]
+    assert len(set(ids)) == len(ids)  # numbered after the largest id
+    assert len(ds.warnings) == 1 and "3 annotations without 'area'" in ds.warnings[0]
+
+
+def test_a_few_missing_images_are_left_out_with_a_warning(quirky, tmp_path):
+    images, ann = quirky
+    data = json.loads(open(ann).read())
+    data["images"].append({"id": 50, "file_name": "sub/gone.jpg", "width": 64, "height": 48})
+    path = tmp_path / "one_missing.json"
+    path.write_text(json.dumps(data))
+    ds = CocoDetection(images, str(path), max_missing=0.2)  # 1 of 7
+    assert 50 not in ds.ids and len(ds) == 6
+    assert "1 of the 7 images" in ds.warnings[-1] and "sub/gone.jpg" in ds.warnings[-1]
+    with pytest.raises(DatasetError, match="1 of the 7 images .* missing .* is the image folder right"):
+        CocoDetection(images, str(path), max_missing=0.1)

@@ -15,7 +15,7 @@ import torch
 from src.checkpoint import read_checkpoint, save_atomic
 from src.errors import CheckpointError
 from src.model import build_model
-from test_train import PY, ROOT, TORCHRUN, ckpt, free_port, run, train_cmd
+from test_train import PY, ROOT, TORCHRUN, ckpt, free_port, run, train_cmd, wait_for
 
 
 def one_error_line(result, prog="train.py"):
@@ -23,15 +23,6 @@ def one_error_line(result, prog="train.py"):
     errors = [line for line in result.stderr.splitlines() if line.startswith(f"{prog}: error:")]
     assert len(errors) == 1, result.stderr
     return errors[0]
-
-
-def wait_for(path, text, timeout=300):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(path) and text in open(path, errors="replace").read():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{text!r} never appeared in {path}")
 
 
 @pytest.fixture()
@@ -67,29 +58,58 @@ def test_signal_mid_epoch_saves_and_resume_is_exact(toy_root, tmp_path, sig):
 
 
 def test_sigkill_at_many_moments_leaves_a_loadable_checkpoint(toy_root, tmp_path):
-    cmd = train_cmd(toy_root, tmp_path, epochs=1000)  # 3 iterations an epoch: a checkpoint every ~second
-    for delay in [4.0, 4.6, 5.3, 6.1, 7.0]:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(delay)
-        proc.kill()
-        proc.wait()
-        if (tmp_path / "ssdlite.pth").exists():
-            assert "model" in read_checkpoint(str(tmp_path / "ssdlite.pth"))
-    assert ckpt(tmp_path)["epoch"] >= 2
+    """Each round starts the same command (it resumes) and kills it at a moment named by an
+    event in its output, never after a fixed time: a busy machine only makes the rounds longer."""
+    cmd = train_cmd(toy_root, tmp_path, epochs=1000)  # 3 iterations an epoch: a checkpoint at each epoch's end
+    path = tmp_path / "ssdlite.pth"
+    moments = [
+        ["epoch 1/1000:  33%"],  # mid-epoch, before any checkpoint exists
+        [": loss "],  # the epoch summary is printed just before the checkpoint is written: kill while saving
+        [": loss ", "/1000:  67%"],  # after a save, two thirds into the next epoch
+        [": loss "],  # while saving again
+        ["Resuming", "/1000:  33%"],  # early in a resumed epoch
+    ]
+    for events in moments:
+        log = tmp_path / "log.txt"
+        with open(log, "w") as out:
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            offset = 0
+            for text in events:
+                offset = wait_for(log, text, after=offset)
+            proc.kill()
+            proc.wait()
+        if path.exists():
+            assert "model" in read_checkpoint(str(path))
+    assert ckpt(tmp_path)["epoch"] >= 1  # the third round waited for a saved epoch
 
 
 def test_bad_images_are_skipped_counted_and_named(toy_copy, tmp_path):
     images = toy_copy / "train2017"
     names = sorted(os.listdir(images))
     (images / names[0]).write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
-    (images / names[1]).unlink()
     (images / names[2]).write_text("not an image at all")
-    result = run(train_cmd(str(toy_copy), tmp_path / "save"))
+    ann = toy_copy / "annotations" / "instances_train2017.json"
+    data = json.loads(ann.read_text())
+    data["images"].append({"id": 99, "file_name": "gone.jpg", "height": 240, "width": 320})
+    ann.write_text(json.dumps(data))
+    result = run(train_cmd(str(toy_copy), tmp_path / "save", "--max-bad-images", "0.3"))
     assert result.returncode == 0, result.stderr
-    for name in names[:3]:
+    for name in [names[0], names[2], "gone.jpg"]:
         assert name in result.stderr
-    assert "3 bad images skipped" in result.stdout
-    assert ckpt(tmp_path / "save")["history"][0]["bad_images"] == 3
+    assert "1 of the 13 images" in result.stderr and "missing" in result.stderr  # left out at start
+    assert "truncated" in result.stderr  # named for what it is
+    assert "2 bad images skipped" in result.stdout
+    assert ckpt(tmp_path / "save")["history"][0]["bad_images"] == 2
+
+
+def test_more_unreadable_images_than_the_share_stop_the_run(toy_copy, tmp_path):
+    images = toy_copy / "train2017"
+    for name in sorted(os.listdir(images))[:4]:  # 4 of 12: over a share of 0.2
+        (images / name).write_bytes((images / name).read_bytes()[:3000])
+    result = run(train_cmd(str(toy_copy), tmp_path / "save", "--max-bad-images", "0.2"))
+    assert result.returncode == 1
+    assert re.search(r"4 of the 12 images read this epoch could not be decoded", one_error_line(result))
+    assert not (tmp_path / "save" / "ssdlite.pth").exists()
 
 
 @pytest.mark.parametrize("case, message", [

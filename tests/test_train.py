@@ -30,6 +30,19 @@ def train_cmd(toy_root, save, *extra, epochs=1, eval_every=0):
             "--no-pretrained-backbone", "--warmup", "2", "--eval-every", str(eval_every), "--seed", "3", *extra]
 
 
+def wait_for(path, text, timeout=600, after=0):
+    """Wait until ``text`` appears in the file at ``path`` (past offset ``after``): an event, not
+    a time, so a busy machine only makes it later. :return: the offset just past it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path):
+            found = open(path, errors="replace").read().find(text, after)
+            if found >= 0:
+                return found + len(text)
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
 def run(cmd, **kw):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600, **kw)
@@ -56,7 +69,8 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(toy_root):
     scheduler = warmup_multistep(optimizer, 10, 0, [])
     losses = []
     for _ in range(8):
-        losses.append(train_step(model, criterion, optimizer, None, images, targets, torch.device("cpu"))["total"].item())
+        losses.append(train_step(model, criterion, optimizer, None, images, targets, torch.device("cpu"))["total"]
+                      .item())
         scheduler.step()
     assert losses[-1] < 0.7 * losses[0], losses
 
@@ -119,14 +133,14 @@ def test_checkpoint_holds_everything_to_rebuild_and_resume(toy_root, tmp_path):
 def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_command_continues(toy_root, tmp_path):
     assert run(train_cmd(toy_root, tmp_path, epochs=1)).returncode == 0
     cmd = train_cmd(toy_root, tmp_path, "--batch-size", "2", epochs=3)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while ckpt(tmp_path)["epoch"] < 2 and time.time() < deadline:  # let it save once more, then kill
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt(tmp_path)["epoch"] >= 2
+    log = tmp_path / "log.txt"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        wait_for(log, "epoch 2: loss")  # epoch 2 is summarised, then saved
+        wait_for(log, "epoch 3/3:  33%")  # and epoch 3 is under way: kill it mid-epoch
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert ckpt(tmp_path)["epoch"] == 2
     again = run(cmd)
     assert again.returncode == 0, again.stderr
     assert "Resuming" in again.stdout and ckpt(tmp_path)["epoch"] == 3

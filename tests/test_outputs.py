@@ -1,0 +1,80 @@
+"""The output guard and the save-folder lock, as units (the scripts use them in test_bad_input.py)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from src.errors import UserError
+from src.outputs import MANIFEST, FolderLock, OutputGuard, not_our_outputs, written_by_us
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_new_files_may_be_written_and_are_recorded_after(tmp_path):
+    out = tmp_path / "sub" / "a.json"
+    guard = OutputGuard()
+    guard.file(str(out))
+    assert (tmp_path / "sub").is_dir()  # the folder was made and tried at check time
+    guard.claim()
+    assert written_by_us(str(out)) is False  # nothing there yet
+    out.write_text("[]")
+    assert written_by_us(str(out))  # pending: a killed run's half-written file stays ours
+    guard.record([str(out)])
+    assert written_by_us(str(out))
+    out.write_text("[1]")  # changed by the user since: theirs now
+    assert not written_by_us(str(out))
+    with pytest.raises(UserError, match="not written by this project"):
+        OutputGuard().file(str(out))
+
+
+def test_inputs_are_caught_through_symlinks_and_hard_links(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"x")
+    os.symlink(photo, tmp_path / "soft.jpg")
+    os.link(photo, tmp_path / "hard.jpg")
+    guard = OutputGuard([str(photo)])
+    for name in ["photo.jpg", "soft.jpg", "hard.jpg"]:
+        with pytest.raises(UserError, match="is an input"):
+            guard.file(str(tmp_path / name))
+    with pytest.raises(UserError, match="a folder this command reads"):
+        OutputGuard([str(tmp_path)]).folder(str(tmp_path / "." / ""))
+
+
+def test_two_outputs_on_one_file_are_refused(tmp_path):
+    guard = OutputGuard()
+    guard.file(str(tmp_path / "a.jpg"))
+    with pytest.raises(UserError, match="another output of this command goes there too"):
+        guard.files([str(tmp_path / "b.jpg"), str(tmp_path / "x" / ".." / "a.jpg")])
+
+
+def test_the_manifest_itself_is_never_an_output(tmp_path):
+    with pytest.raises(UserError, match="record of what it wrote"):
+        OutputGuard().file(str(tmp_path / MANIFEST))
+
+
+def test_our_earlier_outputs_are_not_new_inputs(tmp_path):
+    guard = OutputGuard()
+    mine, theirs = tmp_path / "a_prediction.jpg", tmp_path / "a.jpg"
+    guard.file(str(mine))
+    mine.write_bytes(b"drawn")
+    theirs.write_bytes(b"photo")
+    guard.record([str(mine)])
+    assert not_our_outputs([str(theirs), str(mine)]) == [str(theirs)]
+
+
+def test_the_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from src.outputs import FolderLock; FolderLock(sys.argv[1]).acquire(); print('held', flush=True);"
+        " sys.stdin.read()"), str(tmp_path)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UserError, match=rf"in use by another training run \(pid {holder.pid} on "):
+        FolderLock(str(tmp_path)).acquire()
+    holder.kill()
+    holder.wait(timeout=60)
+    lock = FolderLock(str(tmp_path)).acquire()
+    assert lock.taken_over.startswith(f"pid {holder.pid} on ")  # a killed holder leaves a note, not a stuck lock
+    lock.release()
+    again = FolderLock(str(tmp_path)).acquire()
+    assert again.taken_over is None
+    again.release()
