@@ -15,6 +15,8 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -45,7 +47,7 @@ from src.specs import MODEL_NAMES, get_spec
 from src.toy_dataset import write_split
 from src.transforms import IMAGENET_MEAN, IMAGENET_STD, IOU_CROP_OPTIONS, train_transforms, val_transforms
 
-SECTIONS = ["train", "inference", "decode", "data", "eval", "memory"]
+SECTIONS = ["train", "inference", "decode", "data", "eval", "memory", "matching"]
 
 
 def get_args_parser():
@@ -59,6 +61,8 @@ def get_args_parser():
     p.add_argument("--eval-batch-size", type=positive_int, default=None,
                    help="test_dataset.py's --batch-size (default: as there, 32 on a GPU, 8 on a CPU)")
     p.add_argument("--memory-iters", type=positive_int, default=500)
+    p.add_argument("--matching-batch", type=positive_int, nargs=2, default=[32, 400], metavar=("N", "M"),
+                   help="images and boxes per image of the matching memory test")
     p.add_argument("--data", default=None, help="a toy set at 640x480 (made in a temporary folder if absent)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile for the training step")
     p.add_argument("--json", default="benchmark.json")
@@ -231,7 +235,7 @@ class PilBaseline(torch.utils.data.Dataset):
     def __getitem__(self, i):
         image_id = self.dataset.ids[i]
         image = Image.open(self.dataset.image_path(image_id)).convert("RGB")
-        boxes, labels = self.dataset.annotations(image_id, image.height, image.width)
+        boxes, labels, _ = self.dataset.annotations(image_id, image.height, image.width)
         return self.transform(image), {"boxes": boxes / torch.tensor([image.width, image.height] * 2),
                                        "labels": labels}
 
@@ -239,11 +243,13 @@ class PilBaseline(torch.utils.data.Dataset):
 def torchvision_v2_augmentation():
     """The same SSD augmentation as a plain transforms.v2 composition, for comparison."""
     fill = {tv_tensors.Image: [round(255 * m) for m in IMAGENET_MEAN], "others": 0}
-    return v2.Compose([v2.RandomZoomOut(fill=fill, side_range=(1.0, 4.0), p=0.5),
-                       v2.RandomIoUCrop(sampler_options=IOU_CROP_OPTIONS), v2.RandomHorizontalFlip(),
-                       v2.Resize((300, 300)), v2.RandomPhotometricDistort(), v2.ClampBoundingBoxes(),
-                       v2.SanitizeBoundingBoxes(), v2.ToDtype(torch.float32, scale=True),
-                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    compose = v2.Compose([v2.RandomZoomOut(fill=fill, side_range=(1.0, 4.0), p=0.5),
+                          v2.RandomIoUCrop(sampler_options=IOU_CROP_OPTIONS), v2.RandomHorizontalFlip(),
+                          v2.Resize((300, 300)), v2.RandomPhotometricDistort(), v2.ClampBoundingBoxes(),
+                          v2.SanitizeBoundingBoxes(), v2.ToDtype(torch.float32, scale=True),
+                          v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    # its crop drops boxes by a mask that fits one set of boxes: the crowd regions stay out
+    return lambda image, target: compose(image, {k: v for k, v in target.items() if k != "crowd"})
 
 
 @contextlib.contextmanager
@@ -290,8 +296,8 @@ def bench_data(args, device, rows):
     with one_thread():
         decode_rows(CocoDetection(images, ann), args, rows)
         base = per_sample(None, pil=True)
-        for label, rate in [("ours: OpenCV decode + fused SSD augmentation", per_sample(train_transforms())),
-                            ("ours + IoU matching in the worker", per_sample(train_transforms(), encode=True)),
+        for label, rate in [("ours: OpenCV decode + fused SSD augmentation", per_sample(train_transforms(zoom_out=4))),
+                            ("ours + IoU matching in the worker", per_sample(train_transforms(zoom_out=4), encode=True)),
                             ("OpenCV decode + transforms.v2 SSD augmentation",
                              per_sample(torchvision_v2_augmentation()))]:
             rows.append({"section": "data", "pipeline": label, "image_size": "640x480",
@@ -385,6 +391,42 @@ def bench_memory(args, device, rows):
     print_row(rows[-1])
 
 
+MATCHING_PROBE = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from src.box_coder import BoxCoder, pad_targets
+from src.default_boxes import default_boxes
+from src.specs import get_spec
+torch.set_num_threads(1)
+g = torch.Generator().manual_seed(0)
+n, m, chunk = {n}, {m}, {chunk}
+xy = torch.rand(n, m, 2, generator=g) * 0.8
+boxes = torch.cat([xy, xy + 0.02 + torch.rand(n, m, 2, generator=g) * 0.18], dim=2)
+targets = [{{"boxes": b, "labels": torch.ones(m, dtype=torch.long)}} for b in boxes]
+coder = BoxCoder(default_boxes(get_spec("ssd")))
+padded = pad_targets(targets)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+coder.match(*padded, chunk_elements=chunk)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def bench_matching(args, device, rows):
+    """Peak extra memory of matching a dense batch (N=32 images of M=400 boxes, SSD300's 8732
+    default boxes), as matching now runs (in chunks of images) and all at once as it did, each
+    in a fresh process (the peak RSS of a process only grows)."""
+    from src.box_coder import MATCH_CHUNK_ELEMENTS
+    n, m = args.matching_batch
+    peaks = {}
+    for name, chunk in [("chunked", MATCH_CHUNK_ELEMENTS), ("all at once", 2**62)]:
+        probe = MATCHING_PROBE.format(root=os.path.dirname(os.path.abspath(__file__)), n=n, m=m, chunk=chunk)
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        peaks[name] = float(out.stdout.strip())
+    rows.append({"section": "matching", "images": n, "boxes_per_image": m, "default_boxes": 8732,
+                 "peak_extra_mb_chunked": peaks["chunked"], "peak_extra_mb_all_at_once": peaks["all at once"]})
+    print_row(rows[-1])
+
+
 def _current_rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -416,7 +458,7 @@ def main(args):
     rows = []
     print(json.dumps(machine(device)))
     benches = {"train": bench_train, "inference": bench_inference, "decode": bench_decode, "data": bench_data,
-               "eval": bench_eval, "memory": bench_memory}
+               "eval": bench_eval, "memory": bench_memory, "matching": bench_matching}
     for section in SECTIONS:
         if section in args.only:
             benches[section](args, device, rows)

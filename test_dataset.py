@@ -110,11 +110,13 @@ def main(args):
         guard.add_inputs(dataset.image_path(i) for i in dataset.ids)
         guard.files(list(pictures.values()), "--output")
     guard.claim()
-    model, ids, names = load_checkpoint_model(checkpoint, args.model)
+    # a checkpoint without categories (the original's, NVIDIA's) is read with the dataset's, in id order
+    model, ids, names = load_checkpoint_model(checkpoint, args.model,
+                                              categories=(dataset.category_ids, dataset.category_names))
     check_categories(ids, dataset, checkpoint)
     model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
     coder = BoxCoder(default_boxes(model.spec).to(device))
-    postprocess = Postprocessor(coder, args.cls_threshold, args.nms_threshold)
+    postprocess = Postprocessor(coder, args.cls_threshold, args.nms_threshold, num_labels=len(ids))
     if rank == 0:
         for line in dataset.warnings:
             print(f"warning: {line}", file=sys.stderr)

@@ -10,7 +10,8 @@ import sys
 
 import cv2
 
-from src.cli import ArgumentParser, add_detector_args, checkpoint_from_args, positive_int, run_cli
+from src.cli import (ArgumentParser, add_categories_arg, add_detector_args, categories_from_args,
+                     checkpoint_from_args, positive_int, run_cli)
 from src.dataset import read_rgb
 from src.detector import Detector
 from src.draw import draw_detections
@@ -24,6 +25,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 def get_args_parser():
     p = ArgumentParser(description=__doc__.splitlines()[0])
     add_detector_args(p, cls_threshold=0.3)
+    add_categories_arg(p)
     p.add_argument("--input", required=True, help="an image, a folder of images, or a glob")
     p.add_argument("--output", help="a file for one input, a folder for several "
                                     "(default: beside each input, with a _prediction suffix)")
@@ -92,7 +94,8 @@ def read_batch(paths: list[str], single: bool):
 def main(args):
     inputs = list_inputs(args.input)
     checkpoint = checkpoint_from_args(args)
-    guard = OutputGuard([*inputs, local_path(checkpoint)])
+    categories = categories_from_args(args)
+    guard = OutputGuard([*inputs, local_path(checkpoint), args.annotations])
     outputs = output_paths(inputs, args.output)
     check_formats(outputs)
     guard.files(outputs, "--output")
@@ -100,8 +103,9 @@ def main(args):
         guard.file(args.json, "--json")
     guard.claim()
     output_of = dict(zip(inputs, outputs))
-    detector = Detector.from_checkpoint(checkpoint, args.model, args.device, cls_threshold=args.cls_threshold,
-                                        nms_threshold=args.nms_threshold, amp=args.amp)
+    detector = Detector.from_checkpoint(checkpoint, args.model, args.device, categories=categories,
+                                        cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
+                                        amp=args.amp)
     report = []
     for start in range(0, len(inputs), args.batch_size):
         batch = read_batch(inputs[start:start + args.batch_size], single=len(inputs) == 1)

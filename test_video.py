@@ -10,7 +10,8 @@ import time
 import cv2
 from tqdm import tqdm
 
-from src.cli import ArgumentParser, add_detector_args, checkpoint_from_args, positive_int, run_cli
+from src.cli import (ArgumentParser, add_categories_arg, add_detector_args, categories_from_args,
+                     checkpoint_from_args, positive_int, run_cli)
 from src.detector import Detector, bgr_to_tensor
 from src.draw import draw_detections
 from src.errors import UserError
@@ -23,6 +24,7 @@ CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 def get_args_parser():
     p = ArgumentParser(description=__doc__.splitlines()[0])
     add_detector_args(p, cls_threshold=0.3)
+    add_categories_arg(p)
     p.add_argument("--input", required=True, help="a video file, or a camera index such as 0")
     p.add_argument("--output", help="output video, .mp4 or .avi (default: beside the input, _prediction)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="frames per forward pass")
@@ -88,7 +90,8 @@ def read_frames(cap, n):
 def main(args):
     check_input(args.input)
     checkpoint = checkpoint_from_args(args)
-    guard = OutputGuard([args.input, local_path(checkpoint)])
+    categories = categories_from_args(args)
+    guard = OutputGuard([args.input, local_path(checkpoint), args.annotations])
     out_path = guard.file(output_path(args), "--output")
     guard.claim()
     cap = open_reader(args.input)
@@ -96,7 +99,7 @@ def main(args):
     fps = fps if fps and math.isfinite(fps) and fps > 0 else 25.0
     width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    detector = Detector.from_checkpoint(checkpoint, args.model, args.device,
+    detector = Detector.from_checkpoint(checkpoint, args.model, args.device, categories=categories,
                                         cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
                                         amp=args.amp)
     display = args.display and can_display()

@@ -23,7 +23,7 @@ from src.cli import (ArgumentParser, default_device, device_name, fraction, non_
                      positive_float, positive_int, run_cli, sgd_momentum, training_batch_size, zoom_factor)
 from src.dataset import CocoDetection, ResumableSampler, coco_paths, collate, read_rgb, worker_init
 from src.default_boxes import default_boxes
-from src.distributed import cleanup, gather_lists, init_distributed
+from src.distributed import broadcast_buffers, cleanup, gather_lists, init_distributed
 from src.engine import epoch_summary, evaluate, train_one_epoch
 from src.errors import CheckpointError, DatasetError, ImageReadError, UserError
 from src.outputs import FolderLock, OutputGuard, identity
@@ -35,6 +35,8 @@ from src.specs import MODEL_NAMES, get_spec
 from src.stop import GracefulStop
 from src.transforms import train_transforms, val_transforms
 from src.weights import local_path, resolve_checkpoint
+
+EMPTY_NEGATIVES = 30  # hard negatives of an image without objects: those of an image with 10 positives
 
 
 def get_args_parser():
@@ -56,12 +58,19 @@ def get_args_parser():
     p.add_argument("--momentum", type=sgd_momentum, default=0.9, help="SGD momentum, in [0, 1)")
     p.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="on conv weights, not on BN or biases")
     p.add_argument("--warmup", type=non_negative_int, default=300, help="iterations of linear warm-up")
-    p.add_argument("--zoom-out", type=zoom_factor, default=4.0,
-                   help="largest zoom-out (expand) of the augmentation; 1 turns it off")
+    p.add_argument("--zoom-out", type=zoom_factor, default=1.0,
+                   help="largest zoom-out (expand) of the augmentation, e.g. 4 (the paper's, for small objects, "
+                        "with a longer schedule); 1 turns it off")
+    p.add_argument("--photometric", type=fraction, default=1.0,
+                   help="strength of the colour distortion: 1 the paper's ranges, 0 off")
+    p.add_argument("--empty-negatives", type=non_negative_int, default=EMPTY_NEGATIVES,
+                   help="hardest negatives an image without objects contributes to the loss (0: none, as the paper)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
+                   help="Nesterov momentum (the original's); --no-nesterov for plain momentum")
     p.add_argument("--nms-threshold", type=fraction, default=0.5)
     p.add_argument("--num-workers", type=non_negative_int, default=4)
     p.add_argument("--device", type=device_name, default=default_device())
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-pretrained-backbone", action="store_true", help="do not load ImageNet weights")
     p.add_argument("--finetune-from", default=None, metavar="PATH|original|nvidia",
                    help="start from a checkpoint of any form; class heads of another class count start afresh")
@@ -127,8 +136,8 @@ def prepare_outputs(args) -> FolderLock:
 def build_datasets(args):
     train_ann, train_images = coco_paths(args.data_path, "train")
     val_ann, val_images = coco_paths(args.data_path, "val")
-    train = CocoDetection(train_images, train_ann, train_transforms(zoom_out=args.zoom_out),
-                          max_missing=args.max_bad_images)
+    augment = train_transforms(zoom_out=args.zoom_out, photometric=args.photometric)
+    train = CocoDetection(train_images, train_ann, augment, max_missing=args.max_bad_images)
     val = CocoDetection(val_images, val_ann, val_transforms(), max_missing=args.max_bad_images)
     if train.category_ids != val.category_ids:
         raise DatasetError(f"train and val annotations of {args.data_path} list different categories")
@@ -203,7 +212,6 @@ class Run:
     scaler: torch.amp.GradScaler | None
     sampler: ResumableSampler
     loader: DataLoader
-    loader_seed: torch.Generator
     writer: SummaryWriter | None = None
     best_map: float = 0.0
     history: list = field(default_factory=list)
@@ -215,22 +223,23 @@ def build_run(args, rank, world_size, device, train_set, val_set, resuming) -> R
         model = model.to(memory_format=torch.channels_last)
     coder = BoxCoder(default_boxes(get_spec(args.model)).to(device))
     lr = scaled_lr(args.lr, args.batch_size, world_size)
-    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum)
+    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum,
+                                nesterov=args.nesterov and args.momentum > 0)
     sampler = ResumableSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed,
                                drop_last=True)
-    loader_seed = torch.Generator()  # seeds the workers; reseeded every epoch
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=args.num_workers > 0, worker_init_fn=worker_init, generator=loader_seed)
+                        persistent_workers=args.num_workers > 0, worker_init_fn=worker_init)
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world_size > 1 else model
     if args.compile:
         ddp = torch.compile(ddp)
-    return Run(args, rank, world_size, device, train_set, val_set, ddp, model, MultiBoxLoss(coder),
+    return Run(args, rank, world_size, device, train_set, val_set, ddp, model,
+               MultiBoxLoss(coder, empty_negatives=args.empty_negatives),
                Postprocessor(coder, nms_threshold=args.nms_threshold), optimizer,
                warmup_multistep(optimizer, len(loader), args.warmup, args.multistep),
                torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None,
-               sampler, loader, loader_seed)
+               sampler, loader)
 
 
 def restore(run: Run, ckpt: dict, path: str):
@@ -331,7 +340,6 @@ def train(args, rank, world_size, device):
 def train_epoch(run: Run, epoch: int, stopper, progress=None, rng=None) -> bool:
     """Train (the rest of) one epoch, evaluate, save. False when a signal stopped it mid-way."""
     args = run.args
-    run.loader_seed.manual_seed(args.seed * 1000 + epoch)
     run.sampler.set_epoch(epoch)
     run.sampler.skip = progress["batches"] * args.batch_size if progress else 0
     if rng is not None:
@@ -352,6 +360,7 @@ def train_epoch(run: Run, epoch: int, stopper, progress=None, rng=None) -> bool:
     stats = epoch_summary(totals)
     coco_stats, results = None, None
     if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+        broadcast_buffers(run.model_without_ddp)  # evaluate the model rank 0 saves, on every rank
         coco_stats, results = evaluate(run.model_without_ddp, run.postprocess, run.val_set, run.device,
                                        run.val_set.category_ids, batch_size=args.batch_size,
                                        num_workers=args.num_workers, amp=args.amp,
@@ -385,6 +394,9 @@ def report_epoch(writer, epoch, stats, coco_stats):
             f"{stats['images_per_s']:.1f} images/s")
     if stats["bad_images"]:
         line += f", {stats['bad_images']} bad images skipped"
+    if stats["resized"]:
+        line += (f", {stats['resized']} images of another size than annotated (even turned by EXIF): boxes scaled "
+                 "to them")
     writer.add_scalar("epoch/bad_images", stats["bad_images"], epoch + 1)
     if coco_stats is not None:
         line += f", AP {coco_stats['AP']:.4f}, AP50 {coco_stats['AP50']:.4f}"

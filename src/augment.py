@@ -131,28 +131,49 @@ def move_boxes(boxes: torch.Tensor, labels: torch.Tensor, g: Geometry, size: int
     return boxes[big], labels[big]
 
 
-def photometric_distort(rgb: np.ndarray) -> np.ndarray:
+def move_regions(regions: torch.Tensor, g: Geometry, size: int) -> torch.Tensor:
+    """Ignore regions (crowds) through the same geometry: every part inside the crop is kept,
+    whatever its centre, clipped and scaled to ``size``; regions left empty are dropped.
+
+    :param regions: (k, 4) pixel ltrb in the image
+    :return: (j, 4) pixel ltrb in the output
+    """
+    x0, y0, x1, y1 = g.crop
+    cw, ch = x1 - x0, y1 - y0
+    regions = regions + torch.tensor([g.left - x0, g.top - y0] * 2)
+    regions = regions.clamp(min=0).minimum(torch.tensor([cw, ch, cw, ch])) * torch.tensor([size / cw, size / ch] * 2)
+    if g.flip:
+        regions = torch.stack([size - regions[:, 2], regions[:, 1], size - regions[:, 0], regions[:, 3]], dim=1)
+    return regions[((regions[:, 2:] - regions[:, :2]) > 0).all(1)]
+
+
+def photometric_distort(rgb: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """The SSD paper's colour distortion, each step with probability 0.5: brightness x[0.875,
     1.125], contrast x[0.5, 1.5] (before or after the next two), saturation x[0.5, 1.5], hue
-    +-0.05 of the circle, a random channel order. Same ranges as ``v2.RandomPhotometricDistort``.
+    +-0.05 of the circle, a random channel order. Same ranges as ``v2.RandomPhotometricDistort``
+    at ``strength`` 1; each range shrinks towards no change with ``strength``.
 
     :param rgb: (H, W, 3) uint8
     :return: (H, W, 3) uint8
     """
     r = torch.rand(11).tolist()
     contrast_first = r[2] < 0.5
+
+    def factor(u, half_range):  # u in [0, 1) -> 1 +- half_range * strength
+        return 1 + (2 * u - 1) * half_range * strength
+
     if r[0] < 0.5:
-        rgb = _affine(rgb, 0.875 + 0.25 * r[1], 0.0)
+        rgb = _affine(rgb, factor(r[1], 0.125), 0.0)
     if contrast_first and r[3] < 0.5:
-        rgb = _contrast(rgb, 0.5 + r[4])
+        rgb = _contrast(rgb, factor(r[4], 0.5))
     if r[5] < 0.5:
         gray = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
-        factor = 0.5 + r[6]
-        rgb = cv2.addWeighted(rgb, factor, gray, 1 - factor, 0)
+        saturation = factor(r[6], 0.5)
+        rgb = cv2.addWeighted(rgb, saturation, gray, 1 - saturation, 0)
     if r[7] < 0.5:
-        rgb = _shift_hue(rgb, -0.05 + 0.1 * r[8])
+        rgb = _shift_hue(rgb, (2 * r[8] - 1) * 0.05 * strength)
     if not contrast_first and r[3] < 0.5:
-        rgb = _contrast(rgb, 0.5 + r[4])
+        rgb = _contrast(rgb, factor(r[4], 0.5))
     if r[9] < 0.5:
         rgb = np.ascontiguousarray(rgb[..., torch.randperm(3).numpy()])
     return rgb
@@ -169,6 +190,8 @@ def _contrast(rgb, factor):
 
 
 def _shift_hue(rgb, fraction):
+    if round(fraction * 180) == 0:  # no shift at 8-bit resolution: skip the lossy HSV round trip
+        return rgb
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)  # 8-bit hue is 0..179
     lut = np.stack([(np.arange(256) + round(fraction * 180)) % 180, np.arange(256), np.arange(256)], axis=1)
     return cv2.cvtColor(cv2.LUT(hsv, lut.astype(np.uint8).reshape(256, 1, 3)), cv2.COLOR_HSV2RGB)

@@ -8,6 +8,7 @@ import cv2
 
 import torch
 
+from .dataset import load_coco
 from .errors import UserError
 from .specs import MODEL_NAMES
 from .weights import PUBLISHED, local_path
@@ -129,6 +130,22 @@ def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
                    help="IoU above which NMS drops the lower-scored box, in [0, 1]")
     p.add_argument("--device", type=device_name, default=default_device())
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+
+
+def add_categories_arg(p: argparse.ArgumentParser):
+    """``--annotations``: names for the labels of a checkpoint that carries none."""
+    p.add_argument("--annotations", help="a COCO-format annotation file whose categories (in id order) name the "
+                                         "labels of a checkpoint that carries none: the original's or NVIDIA's "
+                                         "form trained on your own data")
+
+
+def categories_from_args(args):
+    """``(ids, names)`` of ``--annotations`` in id order, or None."""
+    if not args.annotations:
+        return None
+    coco, _ = load_coco(args.annotations)
+    ids = sorted(coco.cats)
+    return ids, [coco.cats[i]["name"] for i in ids]
 
 
 def checkpoint_from_args(args) -> str:

@@ -105,13 +105,17 @@ class CocoDetection(torch.utils.data.Dataset):
     """Images and boxes of a COCO-format annotation file.
 
     Categories get contiguous labels 1..K in order of category id (0 is background);
-    ``category_ids`` and ``category_names`` keep the mapping back. Crowd regions and boxes
-    thinner than 1 pixel are not targets. Every image of the file is a sample, those
-    without annotations included (they are background-only).
+    ``category_ids`` and ``category_names`` keep the mapping back. Boxes thinner than 1 pixel
+    are dropped; crowd regions are not targets but ignore regions. Every image of the file is
+    a sample, those without annotations included (they are background-only).
 
     A sample is ``(image, target)``: the image as the transforms leave it, and a target
     with ``boxes`` (n, 4) ltrb normalised to [0, 1] of the transformed image, ``labels``
-    (n,) int64, ``image_id`` and ``orig_size`` (h, w) of the file.
+    (n,) int64, ``crowd`` (k, 4) normalised ltrb crowd regions, ``image_id`` and
+    ``orig_size`` (h, w), the frame of the annotations (predictions are scaled to it). A
+    target may also hold ``bad`` (the reason an unreadable file was replaced by a blank
+    sample) or ``resized`` (the file's size disagreed with the annotation file, even turned
+    by its EXIF orientation, so the boxes were scaled to it).
 
     The annotation file is checked at once (:mod:`src.coco_check`), and so is the presence of
     every image file: images missing from ``image_dir`` are left out with a warning, unless
@@ -152,52 +156,98 @@ class CocoDetection(torch.utils.data.Dataset):
     def image_path(self, image_id: int) -> str:
         return os.path.join(self.image_dir, self.coco.imgs[image_id]["file_name"])
 
+    def annotated_size(self, image_id: int) -> tuple[int, int] | None:
+        """(height, width) the annotation file gives for the image, or None."""
+        info = self.coco.imgs[image_id]
+        return (int(info["height"]), int(info["width"])) if "height" in info and "width" in info else None
+
+    def read_image(self, image_id: int):
+        """The image in the frame its boxes were drawn on: the stored pixels (COCO's rule), or the
+        pixels turned by their EXIF orientation when that is what makes the size agree with the
+        annotation file (tools that read phone photos upright write the turned size).
+
+        :return: ``(image (3, H, W) uint8, resized)``: ``resized`` is True when the size still
+            disagrees, so the boxes must be scaled from the annotated frame to this one
+        """
+        path = self.image_path(image_id)
+        image = read_rgb(path)
+        expected = self.annotated_size(image_id)
+        if expected is None or tuple(image.shape[-2:]) == expected:
+            return image, False
+        upright = read_rgb(path, apply_exif=True)  # a second decode, for these files only
+        if tuple(upright.shape[-2:]) == expected:
+            return upright, False
+        return image, True
+
     def annotations(self, image_id: int, height: int, width: int):
-        """Training boxes of one image: (n, 4) pixel ltrb clipped to the image, and labels (n,)."""
-        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        """Boxes of one image in pixels of its decoded (``height``, ``width``) frame.
+
+        Coordinates are scaled from the annotated frame when the two differ, clipped to the
+        image, and boxes thinner than 1 pixel are dropped.
+        :return: ``(boxes (n, 4) ltrb, labels (n,), crowd (k, 4) ltrb)``: crowd regions are not
+            targets but ignore regions (see :meth:`BoxCoder.match`)
+        """
+        anns = self.coco.imgToAnns.get(image_id, [])
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
-        boxes[:, 2:] += boxes[:, :2]  # xywh -> ltrb
+        boxes[:, 2:] += boxes[:, :2]  # COCO xywh -> ltrb
+        frame = self.annotated_size(image_id)
+        if frame is not None and frame != (height, width):
+            boxes *= torch.tensor([width / frame[1], height / frame[0]] * 2)
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
-        return boxes[keep], labels[keep]
+        crowd = torch.tensor([bool(a["iscrowd"]) for a in anns], dtype=torch.bool)
+        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
+        big = ((boxes[:, 2:] - boxes[:, :2]) >= MIN_BOX_SIDE).all(1)
+        return boxes[~crowd & big], labels[~crowd & big], boxes[crowd & big]
 
     def __getitem__(self, index):
+        """:param index: a position, or ``(position, seed)`` as :class:`ResumableSampler` gives:
+            the augmentation then draws from ``seed`` alone, the same in any worker or process."""
+        index, seed = index if isinstance(index, tuple) else (index, None)
         image_id = self.ids[index]
         try:
-            image = tv_tensors.Image(read_rgb(self.image_path(image_id)))
+            image, resized = self.read_image(image_id)
         except ImageReadError as e:
-            return self._placeholder(image_id, str(e))
+            return self._placeholder(image_id, str(e), seed)
         height, width = image.shape[-2:]
-        boxes, labels = self.annotations(image_id, height, width)
+        boxes, labels, crowd = self.annotations(image_id, height, width)
         target = {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
-                  "labels": labels}
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
+                  "labels": labels,
+                  "crowd": tv_tensors.BoundingBoxes(crowd, format="XYXY", canvas_size=(height, width))}
+        image, target = self._transform(image, target, seed)
         out_h, out_w = image.shape[-2:]
         scale = torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
-        return image.as_subclass(torch.Tensor), {
-            "boxes": target["boxes"].as_subclass(torch.Tensor) / scale,
-            "labels": target["labels"],
-            "image_id": image_id,
-            "orig_size": (height, width),
-        }
+        crowd = target.get("crowd", torch.zeros(0, 4))  # a transform may leave the regions out
+        out = {"boxes": target["boxes"].as_subclass(torch.Tensor) / scale, "labels": target["labels"],
+               "crowd": crowd.as_subclass(torch.Tensor) / scale, "image_id": image_id,
+               "orig_size": self.annotated_size(image_id) or (height, width)}
+        if resized:
+            out["resized"] = True
+        return image.as_subclass(torch.Tensor), out
 
-    def _placeholder(self, image_id, reason):
+    def _transform(self, image, target, seed):
+        if self.transforms is None:
+            return image, target
+        if seed is None:
+            return self.transforms(image, target)
+        with torch.random.fork_rng(devices=[]):  # this sample's own draws; the process's stream is untouched
+            torch.manual_seed(seed)
+            return self.transforms(image, target)
+
+    def _placeholder(self, image_id, reason, seed=None):
         """A bad image file does not stop a long run: it is skipped with a warning, and a blank
         background-only sample takes its place (batches keep their size, so DDP stays in step).
         ``target["bad"]`` holds the reason, for the counts in the logs."""
         print(f"warning: skipping a bad image: {reason}", file=sys.stderr, flush=True)
-        info = self.coco.imgs[image_id]
-        size = (int(info.get("height") or 300), int(info.get("width") or 300))
+        size = self.annotated_size(image_id) or (300, 300)
         blank = tv_tensors.Image(torch.full((3, *size), 124, dtype=torch.uint8))
-        empty = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=size),
-                 "labels": torch.zeros(0, dtype=torch.int64)}
-        image, _ = self.transforms(blank, empty) if self.transforms is not None else (blank, empty)
+        empty = tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY", canvas_size=size)
+        image, _ = self._transform(blank, {"boxes": empty, "labels": torch.zeros(0, dtype=torch.int64),
+                                           "crowd": empty}, seed)
         return image.as_subclass(torch.Tensor), {"boxes": torch.zeros(0, 4),
                                                  "labels": torch.zeros(0, dtype=torch.int64),
-                                                 "image_id": image_id, "orig_size": size, "bad": reason}
+                                                 "crowd": torch.zeros(0, 4), "image_id": image_id,
+                                                 "orig_size": size, "bad": reason}
 
 
 def missing_files(folder: str, names: list[str]) -> list[str]:
@@ -232,16 +282,29 @@ def collate(batch):
     return torch.stack(images), list(targets)
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one sample in one epoch: a function of these three alone, so the
+    draws differ from epoch to epoch and sample to sample, and do not depend on which worker,
+    rank or resumed run loads it."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
 class ResumableSampler(torch.utils.data.DistributedSampler):
     """DistributedSampler that can start an epoch part-way, after ``skip`` of this rank's samples
-    (resuming mid-epoch sees the rest of the same shuffled order)."""
+    (resuming mid-epoch sees the rest of the same shuffled order), and gives each sample its
+    augmentation seed: it yields ``(index, sample_seed(seed, epoch, index))``.
+
+    Seeding per sample, in the main process, is what makes every epoch and every rank draw
+    differently with persistent workers (a worker's own generator is seeded once, when it
+    starts) and makes a resume exact with any number of workers."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.skip = 0
 
     def __iter__(self):
-        return itertools.islice(super().__iter__(), self.skip, None)
+        indices = itertools.islice(super().__iter__(), self.skip, None)
+        return ((i, sample_seed(self.seed, self.epoch, i)) for i in indices)
 
     def __len__(self):
         return super().__len__() - self.skip

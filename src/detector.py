@@ -32,27 +32,37 @@ class Detections:
                 for box, label, score, name in zip(self.boxes.tolist(), self.labels, self.scores, self.names)]
 
 
-def categories_of(ckpt: dict, num_classes: int) -> tuple[list[int], list[str]]:
-    """Category ids and names of a checkpoint's labels 1..num_classes-1.
+def categories_of(ckpt: dict, num_classes: int, fallback=None) -> tuple[list[int], list[str]]:
+    """Category ids and names of a checkpoint's labels 1..K (K <= num_classes - 1).
 
-    Ours carries them. The original's and NVIDIA's are COCO when the head has 81 outputs;
-    other heads get generic names.
+    Ours carry them. For the original's and NVIDIA's, which do not: ``fallback``, the
+    ``(ids, names)`` of the dataset it is used on, when given, in id order (the original's own
+    rule: labels 1..K are a set's categories sorted by id, the rest of its 81-way head unused;
+    for COCO that is COCO's ids), except that an 81-way head on a set whose categories are all
+    COCO's (same ids and names: COCO or a part of it) reads as COCO; otherwise COCO's 80 when
+    the head has 81 outputs, else generic names.
     """
+    coco = [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
     if "category_names" in ckpt and "category_ids" in ckpt:
         return list(ckpt["category_ids"]), list(ckpt["category_names"])
-    if num_classes == len(COCO_CATEGORIES) + 1:
-        return [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
+    is_coco_head = num_classes == len(COCO_CATEGORIES) + 1
+    if fallback is not None and not (is_coco_head and set(zip(*fallback)) <= set(COCO_CATEGORIES)):
+        return list(fallback[0]), list(fallback[1])
+    if is_coco_head:
+        return coco
     return list(range(1, num_classes)), [f"class_{i}" for i in range(1, num_classes)]
 
 
-def load_checkpoint_model(path: str, model_name: str | None = None, map_location="cpu"):
+def load_checkpoint_model(path: str, model_name: str | None = None, map_location="cpu", categories=None):
     """Build the model a checkpoint of any of the three forms holds, with its weights.
 
     :param path: a checkpoint file, or the name of published weights ("nvidia", "original"),
         fetched into the torch hub cache the first time
+    :param categories: ``(ids, names)`` for a checkpoint that carries none (see :func:`categories_of`)
     The architecture comes from the keys and the class count from the class head;
     ``model_name``, when given, must agree.
-    :return: ``(model in eval mode, category_ids, category_names)``
+    :return: ``(model in eval mode, category_ids, category_names)``; there may be fewer
+        categories than the head has labels (decode with ``num_labels=len(category_ids)``)
     """
     path = resolve_checkpoint(path)
     ckpt = read_checkpoint(path, map_location)
@@ -65,9 +75,10 @@ def load_checkpoint_model(path: str, model_name: str | None = None, map_location
     num_classes = infer_num_classes(state, found)
     model = build_model(found, num_classes)
     load_model_weights(model, state, path)
-    ids, names = categories_of(ckpt, num_classes)
-    if len(names) != num_classes - 1:
-        raise CheckpointError(f"{path} lists {len(names)} categories for a {num_classes - 1}-class head")
+    ids, names = categories_of(ckpt, num_classes, categories)
+    if len(names) > num_classes - 1 or ("category_names" in ckpt and len(names) != num_classes - 1):
+        raise CheckpointError(f"{path} has a {num_classes - 1}-class head, and {len(names)} categories to "
+                              "put on it")
     return model.eval(), ids, names
 
 
@@ -93,12 +104,14 @@ class Detector:
         self.category_names = category_names
         self.transform = val_transforms(model.spec.fig_size)
         coder = BoxCoder(default_boxes(model.spec).to(self.device))
-        self.postprocess = Postprocessor(coder, cls_threshold, nms_threshold, max_output=max_output)
+        self.postprocess = Postprocessor(coder, cls_threshold, nms_threshold, max_output=max_output,
+                                         num_labels=len(category_names))
         self.amp = amp
 
     @classmethod
-    def from_checkpoint(cls, path, model_name=None, device="cpu", **kwargs) -> "Detector":
-        model, ids, names = load_checkpoint_model(path, model_name, map_location="cpu")
+    def from_checkpoint(cls, path, model_name=None, device="cpu", categories=None, **kwargs) -> "Detector":
+        """:param categories: ``(ids, names)`` for a checkpoint that carries none"""
+        model, ids, names = load_checkpoint_model(path, model_name, map_location="cpu", categories=categories)
         return cls(model, ids, names, device, **kwargs)
 
     def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:

@@ -63,6 +63,16 @@ def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
     return value.cpu()
 
 
+def broadcast_buffers(module: torch.nn.Module):
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP syncs them at the
+    start of each forward, so after the last training step each rank holds the statistics of
+    its own last batch: an evaluation right then would differ from rank to rank, and from the
+    checkpoint rank 0 saves."""
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def broadcast_object(obj):
     """Rank 0's ``obj`` on every rank."""
     if not is_distributed():

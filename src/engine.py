@@ -81,7 +81,7 @@ def train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, d
     model.train()
     totals = totals or {"sums": [0.0, 0.0, 0.0], "batches": 0, "bad_images": 0}
     sums = torch.tensor(totals["sums"], device=device)
-    batches, bad = totals["batches"], totals["bad_images"]
+    batches, bad, resized = totals["batches"], totals["bad_images"], totals.get("resized", 0)
     previous = (None, None, None)  # (loss, step, image ids) of the last step, checked late
     start, seen, complete = time.perf_counter(), 0, True
     bar = tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True, leave=True,
@@ -96,6 +96,7 @@ def train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, d
         sums += parts
         batches += 1
         bad += sum(1 for t in targets if t.get("bad"))
+        resized += sum(1 for t in targets if t.get("resized"))
         _check_bad_share(bad, batches * len(images), max_bad_share, final=False)
         previous = (parts[0], step, [t["image_id"] for t in targets])
         seen += len(images)
@@ -108,17 +109,18 @@ def train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, d
     _check_finite(*previous)
     if complete:
         _check_bad_share(bad, batches * loader.batch_size, max_bad_share, final=True)
-    return {"sums": sums.tolist(), "batches": batches, "bad_images": bad, "complete": complete,
+    return {"sums": sums.tolist(), "batches": batches, "bad_images": bad, "resized": resized, "complete": complete,
             "images_per_s": seen / max(1e-9, time.perf_counter() - start)}
 
 
 def epoch_summary(totals: dict) -> dict:
-    """Losses averaged over the epoch's batches and the ranks; bad images summed over the ranks."""
-    t = torch.tensor([*totals["sums"], totals["batches"], totals["bad_images"]], dtype=torch.float64)
+    """Losses averaged over the epoch's batches and the ranks; bad and resized images summed over the ranks."""
+    t = torch.tensor([*totals["sums"], totals["batches"], totals["bad_images"], totals.get("resized", 0)],
+                     dtype=torch.float64)
     t = all_reduce_sum(t)
     n = max(1.0, t[3].item())
     return {"loss": t[0].item() / n, "loc": t[1].item() / n, "cls": t[2].item() / n,
-            "bad_images": int(t[4].item()), "images_per_s": totals["images_per_s"]}
+            "bad_images": int(t[4].item()), "resized": int(t[5].item()), "images_per_s": totals["images_per_s"]}
 
 
 def _log_step(bar, writer, parts, optimizer, step, rate):
@@ -142,8 +144,9 @@ def predict(model, postprocess, loader, device, *, amp=False, channels_last=Fals
         ltrb, labels (k,), scores (k,))`` on the CPU, its id and its (h, w)
     """
     model.eval()
-    detections, image_ids, sizes = [], [], []
+    detections, image_ids, sizes, resized = [], [], [], 0
     for images, targets in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True):
+        resized += sum(1 for t in targets if t.get("resized"))
         with autocast(device, amp):
             ploc, plabel = model(to_input(images, device, channels_last))
         for dets, target in zip(postprocess(ploc, plabel, out_device="cpu"), targets):
@@ -151,6 +154,9 @@ def predict(model, postprocess, loader, device, *, amp=False, channels_last=Fals
                 detections.append(dets)
                 image_ids.append(target["image_id"])
                 sizes.append(target["orig_size"])
+    if resized:
+        print(f"warning: {resized} images of this shard have another size than the annotation file gives, even "
+              "turned by their EXIF orientation: predictions are scaled to the annotated size", file=sys.stderr)
     return detections, image_ids, sizes
 
 

@@ -107,9 +107,10 @@ class OutputGuard:
         self._claimed = {}  # real path -> the path as given, over every call of files()
 
     def add_inputs(self, paths):
-        """More files or folders the command reads (known only once an annotation file is read)."""
+        """More files or folders the command reads (known only once an annotation file is read);
+        None (a flag not given) is skipped."""
         for path in paths:
-            key = identity(path)
+            key = identity(path) if path else None
             if key is not None:
                 self.inputs.setdefault(key, path)
 

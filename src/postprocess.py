@@ -12,11 +12,14 @@ class Postprocessor:
     :param nms_threshold: IoU above which a lower-scored box of the same class is dropped
     :param max_per_class: candidates kept per class before NMS
     :param max_output: detections kept per image after NMS
+    :param num_labels: labels 1..num_labels are decoded, the others never (a head wider than
+        the categories it was trained on, as the original's 81-way head on a smaller set); None: all
     """
 
     def __init__(self, coder: BoxCoder, score_threshold=0.05, nms_threshold=0.5,
-                 max_per_class=200, max_output=200):
+                 max_per_class=200, max_output=200, num_labels=None):
         self.coder = coder
+        self.num_labels = num_labels
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.max_per_class = max_per_class
@@ -33,7 +36,7 @@ class Postprocessor:
         """
         n, num_classes, num_boxes = plabel.shape
         boxes = self.coder.decode(ploc.float().transpose(1, 2))  # (N, B, 4)
-        scores = torch.softmax(plabel.float(), dim=1)[:, 1:]  # (N, C-1, B)
+        scores = torch.softmax(plabel.float(), dim=1)[:, 1:][:, :self.num_labels]  # (N, C-1, B) or fewer labels
 
         # the best max_per_class boxes of every (image, class) group, by descending score
         top_scores, top_index = scores.topk(min(self.max_per_class, num_boxes), dim=2)  # (N, C-1, k)

@@ -6,6 +6,7 @@ ids are deliberately not contiguous, and some images hold no object.
 """
 import json
 import os
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -17,8 +18,11 @@ CATEGORIES = [  # (id, name): ids with gaps, as in COCO
 ]
 
 
-def _background(rng, height, width):
-    """A random colour gradient with noise and a few faint stripes, uint8 BGR (H, W, 3)."""
+def _background(rng, height, width, plain=False):
+    """A random colour gradient with noise and a few faint stripes, uint8 BGR (H, W, 3); or,
+    ``plain``, one flat colour."""
+    if plain:
+        return np.broadcast_to(rng.uniform(0, 255, 3).astype(np.uint8), (height, width, 3)).copy()
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     t = np.linspace(0, 1, width if rng.random() < 0.5 else height)[:, None]
     ramp = c0 + (c1 - c0) * t  # (L, 3)
@@ -49,45 +53,83 @@ def _draw_shape(img, kind, x, y, size, color):
     return [float(x), float(y), float(size), float(size)]
 
 
-def _make_image(rng, height, width, max_objects, empty_fraction, min_size=0.25, max_size=0.6):
-    img = _background(rng, height, width)
-    n = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+@dataclass(frozen=True)
+class ToyStyle:
+    """What a toy split looks like.
+
+    ``categories``: the annotated shapes; ``distractor``: a shape drawn alone, never annotated,
+    on ``distractor_fraction`` of the images (a thing the model must learn not to detect).
+    """
+    categories: tuple = tuple(CATEGORIES)
+    plain: bool = False  # flat backgrounds instead of noisy gradients
+    size_range: tuple = (0.25, 0.6)  # object side, as a fraction of the image's shorter side
+    max_objects: int = 3
+    empty_fraction: float = 0.1
+    distractor: str | None = None
+    distractor_fraction: float = 0.0
+
+
+STYLES = {
+    "textured": ToyStyle(),
+    # closest to a user's small set: 3 classes, large objects, flat backgrounds
+    "plain": ToyStyle(categories=tuple(CATEGORIES[:3]), plain=True, size_range=(0.3, 0.7)),
+    # "plain", with half of the images holding only an unannotated cross
+    "distractor": ToyStyle(categories=tuple(CATEGORIES[:3]), plain=True, size_range=(0.3, 0.7), empty_fraction=0.0,
+                           distractor="cross", distractor_fraction=0.5),
+}
+
+
+def _place(rng, img, kind, style, height, width):
+    size = int(rng.uniform(*style.size_range) * min(height, width))
+    x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
+    return _draw_shape(img, kind, x, y, size, tuple(float(v) for v in rng.uniform(0, 255, 3)))
+
+
+def _make_image(rng, height, width, style):
+    """One image and its objects [(category id, bbox)]; ``distractor`` tells whether it holds
+    only the unannotated distractor shape."""
+    img = _background(rng, height, width, style.plain)
+    if style.distractor and rng.random() < style.distractor_fraction:
+        _place(rng, img, style.distractor, style, height, width)
+        return img, [], True
+    n = 0 if rng.random() < style.empty_fraction else int(rng.integers(1, style.max_objects + 1))
     objects = []
     for _ in range(n):
-        cat_id, kind = CATEGORIES[rng.integers(len(CATEGORIES))]
-        size = int(rng.uniform(min_size, max_size) * min(height, width))
-        x, y = int(rng.integers(0, width - size)), int(rng.integers(0, height - size))
-        color = tuple(float(v) for v in rng.uniform(0, 255, 3))
-        objects.append((cat_id, _draw_shape(img, kind, x, y, size, color)))
-    return img, objects
+        cat_id, kind = style.categories[rng.integers(len(style.categories))]
+        objects.append((cat_id, _place(rng, img, kind, style, height, width)))
+    return img, objects, False
 
 
-def write_split(root, split, num_images, seed, size=(480, 640), max_objects=3, empty_fraction=0.1):
-    """Write ``num_images`` images of ``size`` (h, w) and their COCO annotation file."""
+def write_split(root, split, num_images, seed, size=(480, 640), style: ToyStyle | str = "textured"):
+    """Write ``num_images`` images of ``size`` (h, w) and their COCO annotation file. The ids of
+    distractor-only images are listed under the file's extra key ``distractor_image_ids``."""
+    style = STYLES[style] if isinstance(style, str) else style
     rng = np.random.default_rng(seed)
     image_dir = os.path.join(root, f"{split}2017")
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(os.path.join(root, "annotations"), exist_ok=True)
-    images, annotations = [], []
+    images, annotations, distractors = [], [], []
     for image_id in range(1, num_images + 1):
-        img, objects = _make_image(rng, *size, max_objects, empty_fraction)
+        img, objects, distractor = _make_image(rng, *size, style)
         file_name = f"{image_id:06d}.jpg"
         cv2.imwrite(os.path.join(image_dir, file_name), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         images.append({"id": image_id, "file_name": file_name, "height": size[0], "width": size[1]})
+        if distractor:
+            distractors.append(image_id)
         for cat_id, bbox in objects:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": cat_id,
                                 "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
-    coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in CATEGORIES]}
+    coco = {"images": images, "annotations": annotations, "distractor_image_ids": distractors,
+            "categories": [{"id": i, "name": n, "supercategory": "shape"} for i, n in style.categories]}
     with open(os.path.join(root, "annotations", f"instances_{split}2017.json"), "w") as f:
         json.dump(coco, f)
 
 
-def generate(root, num_train=800, num_val=100, seed=0, size=(480, 640)):
-    """Write the train and val splits under ``root`` (deterministic for a given seed). ``root``
-    must be new or empty: nothing already there is overwritten."""
+def generate(root, num_train=800, num_val=100, seed=0, size=(480, 640), style="textured"):
+    """Write the train and val splits under ``root`` (deterministic for a given seed and style).
+    ``root`` must be new or empty: nothing already there is overwritten."""
     if os.path.isfile(root) or (os.path.isdir(root) and os.listdir(root)):
         raise UserError(f"{root} is {'a file' if os.path.isfile(root) else 'a folder that is not empty'}: "
                         "the toy dataset is made in a new or empty folder")
-    write_split(root, "train", num_train, seed, size)
-    write_split(root, "val", num_val, seed + 1, size)
+    write_split(root, "train", num_train, seed, size, style)
+    write_split(root, "val", num_val, seed + 1, size, style)

@@ -11,7 +11,9 @@ from . import augment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-IOU_CROP_OPTIONS = [0.1, 0.3, 0.5, 0.7, 0.9, 1.0]  # minimum IoU; 1.0 keeps the whole image
+# The paper's seven crop options, drawn with equal chance: a minimum IoU with a kept box (0.0: a
+# random patch with no IoU constraint, still holding a box centre), or 1.0, the whole image.
+IOU_CROP_OPTIONS = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
 
 
 def _normalize():
@@ -21,15 +23,17 @@ def _normalize():
 class SSDAugmentation:
     """The training transform: zoom-out (up to ``zoom_out`` x; 1 turns it off), IoU-constrained
     crop, flip and resize to ``size`` in one resampling, photometric distortion on the small
-    image, normalisation. See :mod:`src.augment` for why this is not a ``v2.Compose``.
+    image (its ranges scaled by ``photometric``; 0 turns it off), normalisation. See
+    :mod:`src.augment` for why this is not a ``v2.Compose``.
 
     Takes and returns ``(image, target)``: a uint8 (3, H, W) image and ``target["boxes"]``
-    pixel ltrb; returns a float (3, size, size) image and ``BoundingBoxes`` on it, every box
-    inside the image and at least 1 pixel wide and high (the others are dropped with their labels).
+    pixel ltrb (and optionally ``target["crowd"]`` ignore regions); returns a float
+    (3, size, size) image and ``BoundingBoxes`` on it, every box inside the image and at least
+    1 pixel wide and high (the others are dropped with their labels).
     """
 
-    def __init__(self, size: int = 300, zoom_out: float = 4.0, min_ious=IOU_CROP_OPTIONS):
-        self.size, self.zoom_out, self.min_ious = size, zoom_out, min_ious
+    def __init__(self, size: int = 300, zoom_out: float = 1.0, min_ious=IOU_CROP_OPTIONS, photometric=1.0):
+        self.size, self.zoom_out, self.min_ious, self.photometric = size, zoom_out, min_ious, photometric
         self.fill = [round(255 * m) for m in IMAGENET_MEAN]
         self.normalize = v2.Compose(_normalize())
 
@@ -37,16 +41,22 @@ class SSDAugmentation:
         h, w = image.shape[-2:]
         boxes = target["boxes"].as_subclass(torch.Tensor)
         g = augment.sample_geometry(boxes, h, w, self.zoom_out, self.min_ious)
-        pixels = augment.photometric_distort(augment.render(image.as_subclass(torch.Tensor), g, self.size, self.fill))
+        pixels = augment.render(image.as_subclass(torch.Tensor), g, self.size, self.fill)
+        if self.photometric > 0:
+            pixels = augment.photometric_distort(pixels, self.photometric)
         boxes, labels = augment.move_boxes(boxes, target["labels"], g, self.size)
         image = tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())  # (3, size, size) uint8
-        boxes = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(self.size, self.size))
-        return self.normalize(image), {**target, "boxes": boxes, "labels": labels}
+        canvas = (self.size, self.size)
+        out = {**target, "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=canvas), "labels": labels}
+        if "crowd" in target:
+            crowd = augment.move_regions(target["crowd"].as_subclass(torch.Tensor), g, self.size)
+            out["crowd"] = tv_tensors.BoundingBoxes(crowd, format="XYXY", canvas_size=canvas)
+        return self.normalize(image), out
 
 
-def train_transforms(size: int = 300, zoom_out: float = 4.0) -> SSDAugmentation:
+def train_transforms(size: int = 300, zoom_out: float = 1.0, photometric: float = 1.0) -> SSDAugmentation:
     """The SSD paper's augmentation; see :class:`SSDAugmentation`."""
-    return SSDAugmentation(size, zoom_out)
+    return SSDAugmentation(size, zoom_out, photometric=photometric)
 
 
 def val_transforms(size: int = 300) -> v2.Compose:

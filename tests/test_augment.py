@@ -9,7 +9,7 @@ from torchvision.transforms.v2 import functional as F
 
 from src import augment
 from src.augment import Geometry
-from src.transforms import SSDAugmentation
+from src.transforms import IOU_CROP_OPTIONS, SSDAugmentation
 
 FILL = [124, 116, 104]
 
@@ -121,3 +121,37 @@ def test_augmentation_is_reproducible_from_the_torch_seed():
         runs.append(SSDAugmentation(size=64)(image, target))
     torch.testing.assert_close(runs[0][0], runs[1][0])
     torch.testing.assert_close(runs[0][1]["boxes"], runs[1][1]["boxes"])
+
+
+def test_the_crop_has_the_papers_seven_options_unconstrained_patches_included():
+    assert IOU_CROP_OPTIONS == [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]  # each drawn with chance 1/7
+    boxes = torch.tensor([[20.0, 20, 60, 60]])  # small: only the unconstrained option allows IoU < 0.1
+    torch.manual_seed(0)
+    crops = [augment.sample_crop(boxes, 200, 200, IOU_CROP_OPTIONS) for _ in range(300)]
+    ious = box_iou(torch.tensor(crops, dtype=torch.float32), boxes)[:, 0]
+    assert (ious < 0.1).sum() > 10  # patches the six constrained options never give
+    centre = (boxes[0, :2] + boxes[0, 2:]) / 2
+    assert all(c[0] < centre[0] < c[2] and c[1] < centre[1] < c[3] for c in crops)  # still hold the centre
+
+
+def test_crowd_regions_follow_the_geometry_clipped_not_dropped():
+    g = Geometry(canvas_w=100, canvas_h=80, left=0, top=0, crop=(10, 0, 60, 80), flip=True)
+    regions = torch.tensor([[0.0, 10, 30, 40], [50, 0, 100, 80], [70, 0, 90, 20]])  # the last is outside
+    moved = augment.move_regions(regions, g, size=50)
+    # crop x 10..60 -> 0..50 (x1), flipped: [0, 20] -> [30, 50]; [40, 50] -> [0, 10]
+    torch.testing.assert_close(moved, torch.tensor([[30.0, 6.25, 50, 25], [0, 0, 10, 50]]))
+    image = tv_tensors.Image(torch.zeros(3, 60, 80, dtype=torch.uint8))
+    target = {"boxes": tv_tensors.BoundingBoxes([[5.0, 5, 40, 50]], format="XYXY", canvas_size=(60, 80)),
+              "labels": torch.tensor([3]),
+              "crowd": tv_tensors.BoundingBoxes([[0.0, 0, 80, 60]], format="XYXY", canvas_size=(60, 80))}
+    torch.manual_seed(1)
+    _, out = SSDAugmentation(size=64)(image, target)
+    torch.testing.assert_close(out["crowd"].as_subclass(torch.Tensor), torch.tensor([[0.0, 0, 64, 64]]))
+
+
+def test_photometric_strength_zero_changes_no_colour():
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = augment.photometric_distort(rgb, strength=0.0)
+        assert np.array_equal(np.sort(out, axis=2), np.sort(rgb, axis=2))  # at most the channels reordered

@@ -9,13 +9,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_benchmark_runs_and_records_the_machine(toy_root, tmp_path):
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "benchmark.py", "--only", "decode", "data", "--repeats", "1",
-                             "--data", toy_root, "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run([sys.executable, "benchmark.py", "--only", "decode", "data", "matching", "--repeats", "1",
+                             "--data", toy_root, "--json", str(out), "--matching-batch", "2", "10"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     report = json.loads(out.read_text())
     assert {"platform", "torch", "device", "cpu_count"} <= set(report["machine"])
     sections = {r["section"] for r in report["results"]}
-    assert sections == {"decode", "data"}
+    assert sections == {"decode", "data", "matching"}
     decode = next(r for r in report["results"] if r["section"] == "decode")
     assert decode["candidates_per_image"] > 1000 and decode["speedup"] > 0

@@ -70,5 +70,36 @@ def test_match_one_without_ground_truth():
 
 
 def test_pad_targets_shapes():
-    boxes, labels = pad_targets([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
-    assert boxes.shape == (1, 1, 4) and labels.tolist() == [[0]]
+    boxes, labels, crowd = pad_targets([{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    assert boxes.shape == (1, 1, 4) and labels.tolist() == [[0]] and crowd.shape == (1, 0, 4)
+
+
+def test_default_boxes_mostly_inside_a_crowd_are_ignored_unless_positive():
+    c = coder()
+    gt = torch.tensor([[0.05, 0.05, 0.35, 0.35]])
+    crowd = torch.tensor([[0.5, 0.5, 1.0, 1.0]])
+    boxes, labels = c.match(gt[None], torch.tensor([[2]]), crowd[None])
+    boxes, labels = boxes[0], labels[0]
+    d = c.dboxes_ltrb
+    inter = (torch.min(d[:, 2:], crowd[:, 2:]) - torch.max(d[:, :2], crowd[:, :2])).clamp(min=0).prod(1)
+    inside = inter > 0.5 * (d[:, 2:] - d[:, :2]).prod(1)
+    assert inside.sum() > 10
+    assert (labels[inside] == -1).all()  # neither positive nor negative
+    assert (labels[~inside] >= 0).all()
+    no_crowd = c.match(gt[None], torch.tensor([[2]]))[1][0]
+    assert torch.equal(labels.clamp(min=0), no_crowd)  # positives and the rest as without the crowd
+    # a crowd over the object does not take its positives away
+    over = c.match(gt[None], torch.tensor([[2]]), gt[None])[1][0]
+    assert torch.equal(over > 0, no_crowd > 0)
+
+
+def test_matching_in_chunks_equals_matching_at_once():
+    c = coder()
+    g = torch.Generator().manual_seed(3)
+    targets = [{"boxes": random_boxes(n, g), "labels": torch.randint(1, 5, (n,), generator=g),
+                "crowd": random_boxes(k, g)} for n, k in [(5, 1), (0, 0), (40, 2), (1, 0), (12, 3)]]
+    padded = pad_targets(targets)
+    whole = c.match(*padded)
+    one_image_at_a_time = c.match(*padded, chunk_elements=1)
+    assert torch.equal(whole[1], one_image_at_a_time[1])
+    assert torch.equal(whole[0], one_image_at_a_time[0])

@@ -59,9 +59,10 @@ def test_categories_map_to_contiguous_labels_by_id(quirky):
 
 def test_crowd_thin_and_outside_boxes(quirky):
     ds = CocoDetection(*quirky)
-    boxes, labels = ds.annotations(1, 48, 64)
-    assert labels.tolist() == [2, 3]  # category 7 -> 2, category 11 -> 3; crowd and thin are gone
+    boxes, labels, crowd = ds.annotations(1, 48, 64)
+    assert labels.tolist() == [2, 3]  # category 7 -> 2, category 11 -> 3; crowd and thin are not targets
     torch.testing.assert_close(boxes, torch.tensor([[5.0, 5, 25, 15], [50, 40, 64, 48]]))
+    torch.testing.assert_close(crowd, torch.tensor([[10.0, 10, 40, 40]]))  # the crowd is an ignore region
 
 
 def test_every_image_mode_becomes_rgb_and_empty_images_are_samples(quirky):
@@ -174,3 +175,58 @@ def test_a_few_missing_images_are_left_out_with_a_warning(quirky, tmp_path):
     assert "1 of the 7 images" in ds.warnings[-1] and "sub/gone.jpg" in ds.warnings[-1]
     with pytest.raises(DatasetError, match="1 of the 7 images .* missing .* is the image folder right"):
         CocoDetection(images, str(path), max_missing=0.1)
+
+
+def _phone_set(tmp_path, listed_size):
+    """One photo stored landscape (60 high, 80 wide) with EXIF orientation 6, annotated upright:
+    a 20x30 white box at x 10, y 40 of the upright 80 x 60 picture."""
+    upright = np.zeros((80, 60, 3), dtype=np.uint8)
+    upright[40:70, 10:30] = 255
+    stored = np.rot90(upright, k=1)  # orientation 6 turns it back clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    Image.fromarray(np.ascontiguousarray(stored)).save(folder / "p.jpg", exif=exif, quality=95)
+    h, w = listed_size
+    scale = h / 80
+    coco = {"images": [{"id": 1, "file_name": "p.jpg", "height": h, "width": w}],
+            "categories": [{"id": 1, "name": "box"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10 * scale, 40 * scale, 20 * scale,
+                                                                                30 * scale], "iscrowd": 0}]}
+    (tmp_path / "phone.json").write_text(json.dumps(coco))
+    return CocoDetection(str(folder), str(tmp_path / "phone.json"))
+
+
+def test_a_phone_photo_annotated_upright_is_read_upright(tmp_path):
+    ds = _phone_set(tmp_path, (80, 60))  # the JSON's size is the stored one swapped
+    image, target = ds[0]
+    assert image.shape == (3, 80, 60) and "resized" not in target
+    torch.testing.assert_close(target["boxes"] * torch.tensor([60, 80, 60, 80]), torch.tensor([[10.0, 40, 30, 70]]))
+    assert image[0, 55, 20] > 200 and image[0, 10, 50] < 50  # the box is where the white is
+
+
+def test_an_image_of_another_size_keeps_its_boxes_scaled_and_says_so(tmp_path):
+    ds = _phone_set(tmp_path, (160, 120))  # annotated on a copy twice as large
+    image, target = ds[0]
+    assert target.get("resized") is True and target["orig_size"] == (160, 120)  # results go to the annotated frame
+    assert image.shape == (3, 60, 80)  # stored pixels (the EXIF turn does not explain the size)
+    assert len(target["boxes"]) == 1  # scaled to the image, not clipped away
+
+
+def test_every_epoch_and_sample_draws_its_own_augmentation_seed():
+    from src.dataset import ResumableSampler
+    data = list(range(8))
+    a = ResumableSampler(data, num_replicas=2, rank=0, shuffle=True, seed=3)
+    b = ResumableSampler(data, num_replicas=2, rank=1, shuffle=True, seed=3)
+    epochs = []
+    for epoch in range(2):
+        a.set_epoch(epoch)
+        b.set_epoch(epoch)
+        epochs.append(dict(list(a) + list(b)))
+    assert sorted(epochs[0]) == data  # the two ranks share the samples out
+    assert len(set(epochs[0].values()) | set(epochs[1].values())) == 16  # all seeds differ
+    a.set_epoch(1)
+    a.skip = 2
+    resumed = list(a)
+    assert resumed == [(i, epochs[1][i]) for i, _ in resumed] and len(resumed) == 2  # a resume draws the same

@@ -32,12 +32,13 @@ def toy_copy(toy_root, tmp_path):
     return dst
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_mid_epoch_saves_and_resume_is_exact(toy_root, tmp_path, sig):
+@pytest.mark.parametrize("sig, workers", [(signal.SIGTERM, "0"), (signal.SIGINT, "0"), (signal.SIGTERM, "2")])
+def test_signal_mid_epoch_saves_and_resume_is_exact(toy_root, tmp_path, sig, workers):
+    """Exact with loader workers too: each sample's augmentation is seeded from (seed, epoch, index)."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert run(train_cmd(toy_root, straight, "--batch-size", "2", epochs=2)).returncode == 0
+    assert run(train_cmd(toy_root, straight, "--batch-size", "2", "--num-workers", workers, epochs=2)).returncode == 0
     log = tmp_path / "stderr.txt"
-    cmd = train_cmd(toy_root, stopped, "--batch-size", "2", epochs=2)
+    cmd = train_cmd(toy_root, stopped, "--batch-size", "2", "--num-workers", workers, epochs=2)
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
                                 env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -11,6 +11,7 @@ import torch
 
 from src.box_coder import BoxCoder
 from src.coco_eval import STAT_NAMES
+from src.coco_names import COCO_CATEGORIES
 from src.dataset import CocoDetection, coco_paths
 from src.default_boxes import default_boxes
 from src.detector import Detector, load_checkpoint_model
@@ -114,13 +115,20 @@ def test_dataset_script_json_and_pictures(ours, toy_root, tmp_path):
     assert len([n for n in os.listdir(tmp_path / "pics") if n.endswith(".jpg")]) == 6
 
 
-def test_dataset_script_on_any_coco_json_with_a_published_checkpoint(published, toy_root):
-    # an 81-class NVIDIA checkpoint on a set whose ids are COCO ids (2 bicycle, 5 airplane, ...)
+@pytest.mark.parametrize("coco_names", [False, True])
+def test_dataset_script_on_any_coco_json_with_a_published_checkpoint(published, toy_root, tmp_path, coco_names):
+    """An 81-way checkpoint without categories on a set: its labels are the set's categories in id
+    order (the original's rule), unless the set's categories are COCO's own (ids and names): COCO."""
     ann, images = coco_paths(toy_root, "val")
+    if coco_names:  # the toy ids 2, 5, 9, 14 named as in COCO: a part of COCO
+        data = json.loads(open(ann).read())
+        data["categories"] = [{"id": i, "name": n} for i, n in COCO_CATEGORIES if i in (2, 5, 9, 14)]
+        ann = str(tmp_path / "coco_part.json")
+        open(ann, "w").write(json.dumps(data))
     result = run("test_dataset.py", "--pretrained-model", published["nvidia"], "--annotations", ann,
                  "--images", images, "--num-workers", "0", "--batch-size", "3")
     assert result.returncode == 0, result.stderr
-    assert "ssd, 80 classes" in result.stdout
+    assert ("ssd, 80 classes" if coco_names else "ssd, 4 classes") in result.stdout
 
 
 class GroundTruthModel(torch.nn.Module):
@@ -259,3 +267,39 @@ def test_bad_numbers_are_usage_errors(script, flag, value):
     result = run(script, flag, value)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"{script}: error: argument {flag}")
+
+
+def widen_to_81_classes(state: dict, num_classes: int, boxes_per_location: int) -> dict:
+    """The original's form of a model trained on a K-category set: an 81-way class head whose
+    labels 1..K are the set's categories in id order and whose other labels never fire."""
+    wide = dict(state)
+    for key in [k for k in state if k.startswith("conf.") and k.endswith((".3.weight", ".3.bias"))]:
+        old = state[key].reshape(num_classes, boxes_per_location, *state[key].shape[1:])  # channel = k * A + a
+        new = torch.zeros(81, *old.shape[1:])
+        if key.endswith("bias"):
+            new.fill_(-50.0)  # labels K+1..80: never trained, never scored
+        new[:num_classes] = old
+        wide[key] = new.reshape(81 * boxes_per_location, *state[key].shape[1:])
+    return wide
+
+
+def test_an_original_checkpoint_trained_on_other_ids_gets_the_dataset_categories(ours, toy_root, tmp_path):
+    state = torch.load(ours, weights_only=True)["model"]
+    original = tmp_path / "SSD.pth"  # no category metadata, as the original wrote them
+    torch.save({"epoch": 1, "model_state_dict": widen_to_81_classes(state, 5, 6), "optimizer": {}, "scheduler": {}},
+               original)
+    scores = {}
+    for name, path in [("ours", ours), ("original", str(original))]:
+        out = tmp_path / f"{name}.json"
+        result = run("test_dataset.py", "--pretrained-model", path, "--data-path", toy_root, "--num-workers", "0",
+                     "--json", str(out))
+        assert result.returncode == 0, result.stderr
+        scores[name] = json.loads(out.read_text())
+    assert {r["category_id"] for r in scores["original"]} <= {2, 5, 9, 14}  # the toy ids, not COCO's 1, 2, 3...
+    assert scores["original"] == scores["ours"]  # the same detections, under the same category ids
+    photo = val_image(toy_root, tmp_path)
+    named = run("test_image.py", "--pretrained-model", str(original), "--input", photo, "--annotations",
+                coco_paths(toy_root, "val")[0], "--cls-threshold", "0.01", "--json", str(tmp_path / "named.json"))
+    assert named.returncode == 0, named.stderr
+    detections = json.loads((tmp_path / "named.json").read_text())[0]["detections"]
+    assert detections and {d["name"] for d in detections} <= {"circle", "square", "triangle", "cross"}

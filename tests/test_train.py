@@ -1,4 +1,5 @@
 """train.py end to end on a tiny toy set (CPU, SSDLite): learning, DDP, resume, kills, errors."""
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from src.box_coder import BoxCoder
+from src.coco_eval import coco_evaluate
 from src.dataset import CocoDetection, coco_paths, collate
 from src.default_boxes import default_boxes
 from src.engine import train_step
@@ -182,3 +184,23 @@ def test_non_finite_loss_stops_with_the_iteration_and_saves_nothing(toy_root, tm
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error: non-finite loss") and "at iteration" in last
     assert not (tmp_path / "ssdlite.pth").exists()
+
+
+def test_the_map_reported_in_ddp_is_the_map_of_the_saved_checkpoint(toy_root, tmp_path):
+    """Each rank's BatchNorm statistics end the epoch on its own last batch; the evaluation must
+    use rank 0's (those saved), so test_dataset.py on the checkpoint finds the same AP, exactly.
+    An untrained 5-class head scores ~0.2 everywhere: many candidates, an AP that moves with any weight."""
+    cmd = [*TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}",  # NHWC, as test_dataset.py runs
+           *train_cmd(toy_root, tmp_path, "--batch-size", "2", "--channels-last", eval_every=1)[1:]]
+    result = run(cmd)
+    assert result.returncode == 0, result.stderr
+    reported = ckpt(tmp_path)["history"][-1]
+    detections = tmp_path / "detections.json"
+    again = run([*TORCHRUN, "--nproc_per_node=2", f"--master_port={free_port()}", "test_dataset.py",
+                 "--pretrained-model", str(tmp_path / "ssdlite.pth"), "--data-path", toy_root, "--batch-size", "2",
+                 "--num-workers", "0", "--json", str(detections)])
+    assert again.returncode == 0, again.stderr
+    ann, images = coco_paths(toy_root, "val")
+    dataset = CocoDetection(images, ann)
+    stats = coco_evaluate(dataset.coco, json.loads(detections.read_text()), verbose=False)
+    assert 0 < stats["AP50"] and stats == {k: reported[k] for k in stats}

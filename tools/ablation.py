@@ -1,0 +1,183 @@
+"""What makes a short run on a small set learn: the training recipe's choices, one at a time.
+
+Trains SSDLite from scratch on a toy set at a fixed short budget (batch 16, lr 0.01 for that
+batch after a 50-iteration warm-up, 8 epochs of 400 images = 200 iterations) for every row and
+seed, and prints one table of COCO AP on the toy val split (mean and the two seeds).
+
+    python tools/ablation.py --out ablation/                 # every row, seeds 0 and 1
+    python tools/ablation.py --out ablation/ --rows defaults old-defaults --seeds 0 1 2
+    python tools/ablation.py --out ablation/ --style distractor --rows defaults no-empty-negatives
+
+Rows are flags of train.py, or changes no flag offers (weight decay on every parameter, empty
+images left out, the first SSDLite map detached as in the original, the crop without its
+unconstrained option), made here by patching the code for that run only. Each run is a
+process of its own; results are appended to <out>/results.jsonl, and a run already there is
+not run again.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+BUDGET = ["--model", "ssdlite", "--batch-size", "16", "--lr", "0.02", "--warmup", "50", "--epochs", "8",
+          "--multistep", "--eval-every", "8", "--no-pretrained-backbone", "--num-workers", "1"]
+
+# today's defaults before this study (zoom-out 4, six crop options, plain momentum, empty
+# images adding nothing to the loss)
+OLD = ["--zoom-out", "4", "--no-nesterov", "--empty-negatives", "0"]
+NEW = []  # train.py's defaults
+
+ROWS = {  # name: (train.py flags, patches)
+    "old-defaults": (OLD, ["six-crops"]),
+    "old-defaults-zoom-out-1": (OLD + ["--zoom-out", "1"], ["six-crops"]),
+    "defaults": (NEW, []),
+    "zoom-out-4": (["--zoom-out", "4"], []),
+    "six-crops": ([], ["six-crops"]),
+    "no-nesterov": (["--no-nesterov"], []),
+    "decay-on-all": ([], ["decay-on-all"]),
+    "no-empty-negatives": (["--empty-negatives", "0"], []),
+    "empty-images-left-out": ([], ["drop-empty"]),
+    "photometric-0.5": (["--photometric", "0.5"], []),
+    "photometric-0": (["--photometric", "0"], []),
+    "detach-first-map": ([], ["detach-first"]),
+}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="data, runs and results.jsonl go here")
+    p.add_argument("--rows", nargs="*", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
+    p.add_argument("--style", choices=["plain", "distractor"], default="plain", help="the toy set (src/toy_dataset.py)")
+    p.add_argument("--child", nargs=3, metavar=("ROW", "SEED", "DATA"), help=argparse.SUPPRESS)
+    return p
+
+
+# --- one run, in its own process, with the row's patches ---------------------------------------
+
+def apply_patches(train, patches):
+    """Changes no flag offers, made for this process only."""
+    import torch
+
+    from src import transforms
+    from src.model import MobileNetV2Backbone
+    if "six-crops" in patches:  # the crop before the paper's unconstrained option was added
+        transforms.IOU_CROP_OPTIONS.remove(0.0)
+    if "decay-on-all" in patches:  # weight decay on BatchNorm and biases too (the original's)
+        train.param_groups = lambda model, wd: [{"params": list(model.parameters()), "weight_decay": wd}]
+    if "drop-empty" in patches:  # images without objects left out of training (NVIDIA's, the original's)
+        build = train.build_datasets
+
+        def without_empty(args):
+            train_set, val_set = build(args)
+            train_set.ids = [i for i in train_set.ids if train_set.coco.imgToAnns.get(i)]
+            return train_set, val_set
+        train.build_datasets = without_empty
+    if "detach-first" in patches:  # the original's forward hook cut the first map's gradient
+        forward = MobileNetV2Backbone.forward
+
+        def detached(self, x):
+            first, last = forward(self, x)
+            return [first.detach(), last]
+        MobileNetV2Backbone.forward = detached
+    torch.set_num_threads(2)
+
+
+def false_positives(checkpoint, data, min_score=0.3):
+    """Detections scoring at least ``min_score`` per distractor-only val image (no object there)."""
+    import torch
+
+    from src.dataset import CocoDetection, coco_paths
+    from src.detector import Detector
+    from src.engine import evaluate
+    ann, images = coco_paths(data, "val")
+    detector = Detector.from_checkpoint(checkpoint)
+    dataset = CocoDetection(images, ann, detector.transform)
+    ids = set(dataset.coco.dataset.get("distractor_image_ids", []))
+    if not ids:
+        return None
+    _, results = evaluate(detector.model, detector.postprocess, dataset, torch.device("cpu"),
+                          detector.category_ids, batch_size=8, num_workers=0)
+    return sum(1 for r in results if r["image_id"] in ids and r["score"] >= min_score) / len(ids)
+
+
+def child(row, seed, data, out):
+    sys.path.insert(0, ROOT)
+    os.chdir(ROOT)
+    import train
+    flags, patches = ROWS[row]
+    apply_patches(train, patches)
+    save = os.path.join(out, "runs", f"{row}-seed{seed}")
+    args = train.get_args_parser().parse_args(
+        [*BUDGET, *flags, "--data-path", data, "--save-folder", save, "--log-path", os.path.join(save, "tb"),
+         "--seed", str(seed)])
+    train.main(args)
+    from src.checkpoint import read_checkpoint
+    last = read_checkpoint(os.path.join(save, "ssdlite.pth"))["history"][-1]
+    result = {"row": row, "seed": seed, "style": os.path.basename(data), "AP": last["AP"], "AP50": last["AP50"],
+              "loss": last["loss"], "fp_per_distractor_image": false_positives(os.path.join(save, "ssdlite.pth"),
+                                                                                data)}
+    with open(os.path.join(out, "results.jsonl"), "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+def make_data(out, style):
+    sys.path.insert(0, ROOT)
+    from src.toy_dataset import generate
+    data = os.path.join(out, f"toy-{style}")
+    if not os.path.exists(os.path.join(data, "annotations", "instances_val2017.json")):
+        generate(data, num_train=400, num_val=100, seed=0, size=(240, 320), style=style)
+    return data
+
+
+def read_results(out):
+    path = os.path.join(out, "results.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def table(results, rows, style):
+    lines = ["| row | AP (mean) | AP per seed | AP50 (mean) | false positives / distractor image |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        runs = sorted((r for r in results if r["row"] == row and r["style"] == f"toy-{style}"),
+                      key=lambda r: r["seed"])
+        if not runs:
+            continue
+        fp = [r["fp_per_distractor_image"] for r in runs if r["fp_per_distractor_image"] is not None]
+        per_seed = " / ".join(f"{r['AP']:.3f}" for r in runs)
+        fps = " / ".join(f"{v:.2f}" for v in fp) if fp else "-"
+        lines.append(f"| {row} | {statistics.mean(r['AP'] for r in runs):.3f} | {per_seed} | "
+                     f"{statistics.mean(r['AP50'] for r in runs):.3f} | {fps} |")
+    return "\n".join(lines)
+
+
+def main(args):
+    os.makedirs(args.out, exist_ok=True)
+    if args.child:
+        row, seed, data = args.child
+        return child(row, int(seed), data, args.out)
+    data = make_data(args.out, args.style)
+    done = {(r["row"], r["seed"], r["style"]) for r in read_results(args.out)}
+    for seed in args.seeds:
+        for row in args.rows:
+            if (row, seed, f"toy-{args.style}") in done:
+                continue
+            print(f"==> {row}, seed {seed}", flush=True)
+            subprocess.run([sys.executable, __file__, "--out", args.out, "--child", row, str(seed), data],
+                           check=True, stdout=subprocess.DEVNULL)
+            print(table(read_results(args.out), [row], args.style).splitlines()[-1], flush=True)
+    print(table(read_results(args.out), args.rows, args.style))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
