@@ -35,14 +35,13 @@ from src.cli import ArgumentParser, default_device, device_name, positive_int, r
 from src.coco_eval import coco_evaluate, to_coco_results
 from src.coco_names import COCO_CATEGORIES
 from src.dataset import CocoDetection, coco_paths, collate, read_rgb
-from src.default_boxes import default_boxes
+from src.engine import Step, autocast, eval_batch_size, evaluate, train_step
 from src.errors import UserError
-from src.engine import autocast, eval_batch_size, evaluate, train_step
 from src.loss import MultiBoxLoss
 from src.model import build_model
 from src.optim import param_groups
-from src.postprocess import Postprocessor
 from src.outputs import OutputGuard
+from src.postprocess import Postprocessor
 from src.specs import MODEL_NAMES, get_spec
 from src.toy_dataset import write_split
 from src.transforms import IMAGENET_MEAN, IMAGENET_STD, IOU_CROP_OPTIONS, train_transforms, val_transforms
@@ -126,14 +125,15 @@ def _train_row(name, batch, amp, channels_last, compiled, device, repeats):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compiled else model
-    criterion = MultiBoxLoss(BoxCoder(default_boxes(get_spec(name)).to(device)))
+    criterion = MultiBoxLoss(BoxCoder.for_spec(model.spec, device))
     optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
+    step = Step(optimizer, None, device, scaler, amp, channels_last)
     images, targets = synthetic_batch(batch, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = median_time(lambda: train_step(net, criterion, optimizer, scaler, images, targets, device, amp,
-                                             channels_last), device, repeats, warmup=3 if compiled else 1)
+    seconds = median_time(lambda: train_step(net, criterion, images, targets, step), device, repeats,
+                          warmup=3 if compiled else 1)
     return {"section": "train", "model": name, "batch": batch, "amp": amp, "channels_last": channels_last,
             "compile": compiled, "images_per_s": batch / seconds,
             "cuda_max_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
@@ -144,7 +144,7 @@ def bench_inference(args, device, rows):
     amp = device.type == "cuda"
     for name in args.models:
         model = build_model(name, 81).to(device).eval()
-        post = Postprocessor(BoxCoder(default_boxes(model.spec).to(device)))
+        post = Postprocessor.for_spec(model.spec, device)
         for channels_last in [False, True]:
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             model = model.to(memory_format=fmt)
@@ -200,9 +200,9 @@ def loop_nms_decode(ploc, plabel, coder, score_threshold=0.05, nms_threshold=0.5
 
 
 def bench_decode(args, device, rows):
-    coder = BoxCoder(default_boxes(get_spec("ssd")).to(device))
+    post = Postprocessor.for_spec(get_spec("ssd"), device)
+    coder = post.coder
     ploc, plabel = realistic_outputs(8, device)
-    post = Postprocessor(coder)
     ours = median_time(lambda: post(ploc, plabel), device, args.repeats) / 8
     base = median_time(lambda: loop_nms_decode(ploc[:2], plabel[:2], coder), device, args.repeats, warmup=0) / 2
     above = int((torch.softmax(plabel, 1)[:, 1:] > 0.05).sum()) // 8
@@ -281,7 +281,7 @@ def decode_rows(dataset, args, rows):
 
 def bench_data(args, device, rows):
     ann, images = coco_paths(toy_data(args), "train")
-    coder = BoxCoder(default_boxes(get_spec("ssd")))
+    coder = BoxCoder.for_spec(get_spec("ssd"))
 
     def per_sample(transforms, encode=False, pil=False):
         dataset = CocoDetection(images, ann, transforms)
@@ -346,8 +346,8 @@ def bench_eval(args, device, rows):
     dataset = eval_set(args)
     batch = args.eval_batch_size or eval_batch_size(device)
     model = build_model("ssdlite", dataset.num_classes).to(device).eval()
-    coder = BoxCoder(default_boxes(model.spec).to(device))
-    post = Postprocessor(coder, score_threshold=0.05)
+    post = Postprocessor.for_spec(model.spec, device, score_threshold=0.05)
+    coder = post.coder
 
     def ours(net):
         with contextlib.redirect_stdout(io.StringIO()):
@@ -376,12 +376,12 @@ def bench_eval(args, device, rows):
 
 def bench_memory(args, device, rows):
     model = build_model("ssdlite", 81).to(device).train()
-    criterion = MultiBoxLoss(BoxCoder(default_boxes(model.spec).to(device)))
-    optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=1e-4, momentum=0.9)
+    criterion = MultiBoxLoss(BoxCoder.for_spec(model.spec, device))
+    step = Step(torch.optim.SGD(param_groups(model, 5e-4), lr=1e-4, momentum=0.9), None, device)
     images, targets = synthetic_batch(2, device)
     marks, first_mark = {}, min(50, args.memory_iters)
     for it in range(1, args.memory_iters + 1):
-        train_step(model, criterion, optimizer, None, images, targets, device)
+        train_step(model, criterion, images, targets, step)
         if it in (first_mark, args.memory_iters):
             sync(device)
             marks[it] = (_current_rss_mb(), torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0)
@@ -396,7 +396,6 @@ MATCHING_PROBE = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
 from src.box_coder import BoxCoder, pad_targets
-from src.default_boxes import default_boxes
 from src.specs import get_spec
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
@@ -404,7 +403,7 @@ n, m, chunk = {n}, {m}, {chunk}
 xy = torch.rand(n, m, 2, generator=g) * 0.8
 boxes = torch.cat([xy, xy + 0.02 + torch.rand(n, m, 2, generator=g) * 0.18], dim=2)
 targets = [{{"boxes": b, "labels": torch.ones(m, dtype=torch.long)}} for b in boxes]
-coder = BoxCoder(default_boxes(get_spec("ssd")))
+coder = BoxCoder.for_spec(get_spec("ssd"))
 padded = pad_targets(targets)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 coder.match(*padded, chunk_elements=chunk)

@@ -4,10 +4,11 @@
     python export_onnx.py --pretrained-model SSD.pth --output ssd_nms.onnx --with-nms
 
 Without --with-nms the graph outputs the raw ``ploc`` (N, 4, B) and ``plabel`` (N, C, B), and the
-default boxes (B, 4, normalised cx, cy, w, h) go to <output>.dboxes.npy beside it. With --with-nms
-it outputs ``boxes`` (N, 200, 4, normalised ltrb), ``labels`` and ``scores`` (N, 200); empty slots
-have score 0. Inputs are (N, 3, 300, 300) RGB, scaled to [0, 1] and normalised with the ImageNet
-mean and std. Needs the onnx package (requirements-dev.txt).
+default boxes (B, 4, normalised cxcywh: centre x, centre y, width, height) go to
+<output>.dboxes.npy beside it. With --with-nms it outputs ``boxes`` (N, 200, 4, normalised ltrb),
+``labels`` and ``scores`` (N, 200); empty slots have score 0. Inputs are (N, 3, 300, 300) RGB,
+scaled to [0, 1] and normalised with the ImageNet mean and std. Needs the onnx package
+(requirements-dev.txt).
 """
 import json
 import os
@@ -16,15 +17,14 @@ import warnings
 import numpy as np
 import torch
 
-from src.box_coder import BoxCoder
+from src.checkpoint import load_model
 from src.cli import ArgumentParser, fraction, run_cli
-from src.default_boxes import default_boxes
-from src.detector import load_checkpoint_model
 from src.errors import UserError
 from src.export import ExportableSSD
 from src.outputs import OutputGuard
+from src.postprocess import Postprocessor
+from src.published import local_path
 from src.specs import MODEL_NAMES
-from src.weights import local_path
 
 OPSETS = range(11, 21)  # exported and run with onnxruntime, raw and with NMS, in the tests
 
@@ -73,17 +73,17 @@ def main(args):
     guard = OutputGuard([local_path(args.pretrained_model)])
     guard.files([args.output] + ([] if args.with_nms else [dboxes_path(args.output)]), "--output")
     guard.claim()
-    model, ids, names = load_checkpoint_model(args.pretrained_model, args.model)
-    coder = BoxCoder(default_boxes(model.spec))
-    module = ExportableSSD(model, coder, decode=args.with_nms, score_threshold=args.cls_threshold,
-                           nms_threshold=args.nms_threshold).eval()
+    model, ids, names = load_model(args.pretrained_model, args.model)
+    post = Postprocessor.for_spec(model.spec, score_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
+                                  num_labels=len(ids))
+    module = ExportableSSD(model, post, decode=args.with_nms).eval()
     export(module, args.output, args.with_nms, args.opset)
     add_metadata(args.output, model.spec.name, ids, names)
     guard.record([args.output])
     print(f"{args.output}: {model.spec.name}, {len(names)} classes, "
           f"{'boxes/labels/scores (decoded in the graph)' if args.with_nms else 'ploc/plabel'}")
     if not args.with_nms:
-        np.save(dboxes_path(args.output), coder.dboxes_xywh.numpy())
+        np.save(dboxes_path(args.output), post.coder.dboxes_cxcywh.numpy())
         guard.record([dboxes_path(args.output)])
 
 

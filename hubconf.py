@@ -5,7 +5,8 @@
 
 Each entry returns the model (eval mode) and a :class:`src.detector.Detector` ready for images.
 """
-from src.detector import Detector, load_checkpoint_model
+from src.checkpoint import load_model
+from src.detector import Detector
 from src.model import build_model
 
 dependencies = ["torch", "torchvision", "cv2", "pycocotools"]
@@ -13,7 +14,7 @@ dependencies = ["torch", "torchvision", "cv2", "pycocotools"]
 
 def _load(name, pretrained, num_classes, pretrained_backbone, device, **detector_kwargs):
     if pretrained:
-        model, ids, names = load_checkpoint_model("nvidia" if pretrained is True else pretrained, name)
+        model, ids, names = load_model("nvidia" if pretrained is True else pretrained, name)
     else:
         model = build_model(name, num_classes, pretrained_backbone=pretrained_backbone).eval()
         ids = list(range(1, num_classes))

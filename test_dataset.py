@@ -11,20 +11,26 @@ import sys
 import cv2
 import torch
 
-from src.box_coder import BoxCoder
-from src.cli import (ArgumentParser, add_detector_args, checkpoint_from_args, fraction, non_negative_int,
-                     positive_int, run_cli)
+from src.checkpoint import load_model
+from src.cli import (
+    ArgumentParser,
+    add_detector_args,
+    checkpoint_from_args,
+    fraction,
+    non_negative_int,
+    positive_int,
+    run_cli,
+)
 from src.dataset import CocoDetection, coco_paths, read_rgb
-from src.default_boxes import default_boxes
-from src.detector import Detections, load_checkpoint_model
-from src.distributed import cleanup, init_distributed
+from src.detector import Detections
+from src.distributed import cleanup, init_distributed, is_main_process
 from src.draw import draw_detections
 from src.engine import eval_batch_size, evaluate
 from src.errors import ImageReadError, UserError
 from src.outputs import OutputGuard
 from src.postprocess import Postprocessor
+from src.published import local_path
 from src.transforms import val_transforms
-from src.weights import local_path
 
 
 def get_args_parser():
@@ -81,12 +87,7 @@ def render(dataset, results, ids, names, pictures, min_score, rank, world_size) 
         except ImageReadError as e:
             print(f"warning: not drawn: {e}", file=sys.stderr)
             continue
-        dets = by_image.get(image_id, [])
-        boxes = torch.tensor([r["bbox"] for r in dets], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]  # ltwh -> ltrb
-        labels = torch.tensor([ids.index(r["category_id"]) + 1 for r in dets], dtype=torch.long)
-        detections = Detections(boxes, labels, torch.tensor([r["score"] for r in dets]),
-                                [names[i - 1] for i in labels.tolist()])
+        detections = Detections.from_coco_results(by_image.get(image_id, []), ids, names)
         out = pictures[image_id]
         os.makedirs(os.path.dirname(out), exist_ok=True)
         if not cv2.imwrite(out, draw_detections(image, detections)):
@@ -111,13 +112,13 @@ def main(args):
         guard.files(list(pictures.values()), "--output")
     guard.claim()
     # a checkpoint without categories (the original's, NVIDIA's) is read with the dataset's, in id order
-    model, ids, names = load_checkpoint_model(checkpoint, args.model,
-                                              categories=(dataset.category_ids, dataset.category_names))
+    model, ids, names = load_model(checkpoint, args.model,
+                                   categories=(dataset.category_ids, dataset.category_names))
     check_categories(ids, dataset, checkpoint)
     model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
-    coder = BoxCoder(default_boxes(model.spec).to(device))
-    postprocess = Postprocessor(coder, args.cls_threshold, args.nms_threshold, num_labels=len(ids))
-    if rank == 0:
+    postprocess = Postprocessor.for_spec(model.spec, device, score_threshold=args.cls_threshold,
+                                         nms_threshold=args.nms_threshold, num_labels=len(ids))
+    if is_main_process():
         for line in dataset.warnings:
             print(f"warning: {line}", file=sys.stderr)
         print(f"{checkpoint}: {model.spec.name}, {len(names)} classes; {len(dataset)} images, "
@@ -126,14 +127,14 @@ def main(args):
                               batch_size=args.batch_size or eval_batch_size(device),
                               num_workers=args.num_workers, amp=args.amp, channels_last=True,
                               rank=rank, world_size=world_size)
-    if args.json and rank == 0:
+    if args.json and is_main_process():
         with open(args.json, "w") as f:
             json.dump(results, f)
         guard.record([args.json])
         print(f"{len(results)} detections written to {args.json}")
     if args.output:
         guard.record(render(dataset, results, ids, names, pictures, args.draw_threshold, rank, world_size))
-        if rank == 0:
+        if is_main_process():
             print(f"pictures written to {args.output}")
     cleanup()
     return stats

@@ -10,14 +10,21 @@ import sys
 
 import cv2
 
-from src.cli import (ArgumentParser, add_categories_arg, add_detector_args, categories_from_args,
-                     checkpoint_from_args, positive_int, run_cli)
+from src.cli import (
+    ArgumentParser,
+    add_categories_arg,
+    add_detector_args,
+    categories_from_args,
+    checkpoint_from_args,
+    positive_int,
+    run_cli,
+)
 from src.dataset import read_rgb
 from src.detector import Detector
 from src.draw import draw_detections
 from src.errors import ImageReadError, UserError
 from src.outputs import OutputGuard, not_our_outputs
-from src.weights import local_path
+from src.published import local_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -10,13 +10,20 @@ import time
 import cv2
 from tqdm import tqdm
 
-from src.cli import (ArgumentParser, add_categories_arg, add_detector_args, categories_from_args,
-                     checkpoint_from_args, positive_int, run_cli)
+from src.cli import (
+    ArgumentParser,
+    add_categories_arg,
+    add_detector_args,
+    categories_from_args,
+    checkpoint_from_args,
+    positive_int,
+    run_cli,
+)
 from src.detector import Detector, bgr_to_tensor
 from src.draw import draw_detections
 from src.errors import UserError
 from src.outputs import OutputGuard
-from src.weights import local_path
+from src.published import local_path
 
 CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 

@@ -6,37 +6,58 @@
 Run the same command again after a stop: training continues from <save-folder>/<model>.pth.
 """
 import argparse
+import contextlib
 import os
-import random
 import sys
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from src.box_coder import BoxCoder
-from src.checkpoint import load_matching_weights, load_model_weights, model_state_dict, read_checkpoint, save_atomic
-from src.cli import (ArgumentParser, default_device, device_name, fraction, non_negative_float, non_negative_int,
-                     positive_float, positive_int, run_cli, sgd_momentum, training_batch_size, zoom_factor)
-from src.dataset import CocoDetection, ResumableSampler, coco_paths, collate, read_rgb, worker_init
-from src.default_boxes import default_boxes
-from src.distributed import broadcast_buffers, cleanup, gather_lists, init_distributed
-from src.engine import epoch_summary, evaluate, train_one_epoch
+from src.checkpoint import load_matching_weights, load_model_weights, save_atomic
+from src.cli import (
+    ArgumentParser,
+    default_device,
+    device_name,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    run_cli,
+    sgd_momentum,
+    training_batch_size,
+    zoom_factor,
+)
+from src.dataset import CocoDetection, coco_paths, collate, read_rgb, worker_init
+from src.detector import Detections
+from src.distributed import broadcast_buffers, cleanup, init_distributed, is_main_process
+from src.engine import Step, epoch_summary, evaluate, train_one_epoch
 from src.errors import CheckpointError, DatasetError, ImageReadError, UserError
-from src.outputs import FolderLock, OutputGuard, identity
 from src.loss import MultiBoxLoss
-from src.model import build_model
+from src.model import BACKBONE_WEIGHTS, build_model
 from src.optim import param_groups, scaled_lr, warmup_multistep
+from src.outputs import FolderLock, OutputGuard, identity
 from src.postprocess import Postprocessor
-from src.specs import MODEL_NAMES, get_spec
+from src.published import local_path
+from src.resume import (
+    ResumableSampler,
+    begin_epoch,
+    capture,
+    read_run_checkpoint,
+    resume_point,
+    rng_states,
+    seed_everything,
+)
+from src.specs import MODEL_NAMES
 from src.stop import GracefulStop
 from src.transforms import train_transforms, val_transforms
-from src.weights import local_path, resolve_checkpoint
 
 EMPTY_NEGATIVES = 30  # hard negatives of an image without objects: those of an image with 10 positives
+CROP = "paper"
 
 
 def get_args_parser():
@@ -61,6 +82,9 @@ def get_args_parser():
     p.add_argument("--zoom-out", type=zoom_factor, default=1.0,
                    help="largest zoom-out (expand) of the augmentation, e.g. 4 (the paper's, for small objects, "
                         "with a longer schedule); 1 turns it off")
+    p.add_argument("--crop", choices=["paper", "nvidia"], default=CROP,
+                   help="crop search: 'paper' tries 50 crops per draw, one box must overlap enough (torchvision's); "
+                        "'nvidia' tries one, every box must (NVIDIA's and the original's; gentler)")
     p.add_argument("--photometric", type=fraction, default=1.0,
                    help="strength of the colour distortion: 1 the paper's ranges, 0 off")
     p.add_argument("--empty-negatives", type=non_negative_int, default=EMPTY_NEGATIVES,
@@ -83,35 +107,71 @@ def get_args_parser():
     return p
 
 
-def seed_everything(seed: int):
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_states() -> dict:
-    """This process's random states, as tensors and plain types (loadable with weights_only)."""
-    _, keys, pos, *_ = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.copy()), "numpy_pos": int(pos),
-            "python": random.getstate(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_states(states: dict):
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(("MT19937", states["numpy"].numpy(), states["numpy_pos"], 0, 0.0))
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+def main(args):
+    rank, _, world_size, device = init_distributed(args.device, args.dist_timeout)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seed_everything(args.seed + rank)  # the model's initial weights, the first shuffle
+    with prepare_outputs(args) if is_main_process() else contextlib.nullcontext():
+        train_set, val_set = build_datasets(args, world_size)
+        ckpt = read_run_checkpoint(checkpoint_path(args), args.model, train_set.category_ids, args.data_path) \
+            if os.path.exists(checkpoint_path(args)) else None
+        model = create_model(args, train_set.num_classes, device, from_checkpoint=ckpt is not None)
+        sampler, loader = build_loader(args, train_set, rank, world_size, device)
+        step = build_step(args, model, len(loader), world_size, device)
+        log = restore(ckpt, model, step, checkpoint_path(args)) if ckpt else TrainingLog()
+        point = resume_point(ckpt, rank, world_size)
+        del ckpt
+        trained = distribute(model, args, world_size, device)  # what the steps run: DDP and/or compiled
+        criterion = MultiBoxLoss(BoxCoder.for_spec(model.spec, device), empty_negatives=args.empty_negatives)
+        postprocess = Postprocessor.for_spec(model.spec, device, nms_threshold=args.nms_threshold)
+        writer = start_logging(args, train_set, val_set, world_size, step, point)
+        stopper = GracefulStop().install()
+        for epoch in range(point.epoch, args.epochs):
+            totals = begin_epoch(point, epoch, sampler, args.batch_size, args.seed, rank)
+            totals = train_one_epoch(trained, criterion, loader, step, totals=totals, writer=writer,
+                                     should_stop=stopper.should_stop, desc=f"epoch {epoch + 1}/{args.epochs}")
+            if not totals["complete"]:  # stopped by a signal mid-epoch: save where, and leave
+                save_stop(args, model, step, train_set, log, epoch, totals)
+                break
+            stats, coco_stats, results = epoch_summary(totals), None, None
+            if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
+                broadcast_buffers(model)  # evaluate, on every rank, the model rank 0 saves
+                coco_stats, results = evaluate(model, postprocess, val_set, device, val_set.category_ids,
+                                               batch_size=args.batch_size, num_workers=args.num_workers,
+                                               amp=args.amp, channels_last=args.channels_last, rank=rank,
+                                               world_size=world_size)
+            improved = log.add(epoch + 1, stats, coco_stats)
+            if is_main_process():
+                report_epoch(writer, epoch, stats, coco_stats, val_set, results)
+                save_checkpoint(checkpoint_path(args), args, model, step, train_set, log, epoch + 1)
+                if improved:
+                    save_checkpoint(best_path(args), args, model, step, train_set, log, epoch + 1)
+            if stopper.agreed():
+                if is_main_process():
+                    print(f"Stopped after epoch {epoch + 1}; run the same command to continue.")
+                break
+        stopper.uninstall()
+        finish_logging(writer, args, log, world_size, trained=point.epoch < args.epochs)
+    cleanup()
 
 
 def log_dir(args) -> str:
     return args.log_path or os.path.join("runs", args.model)
 
 
+def checkpoint_path(args) -> str:
+    return os.path.join(args.save_folder, f"{args.model}.pth")
+
+
+def best_path(args) -> str:
+    return os.path.join(args.save_folder, f"{args.model}_best.pth")
+
+
 def prepare_outputs(args) -> FolderLock:
     """Before any work: the save and log folders exist, are writable and are not dataset folders;
-    no other run holds the save folder; nothing there would be overwritten that is not this run's."""
+    no other run holds the save folder (the lock returned, released at the end of a ``with``);
+    nothing there would be overwritten that is not this run's."""
     if not os.path.isdir(args.data_path):
         raise DatasetError(f"dataset folder {args.data_path} not found (set --data-path)")
     reads = [args.data_path, *coco_paths(args.data_path, "train"), *coco_paths(args.data_path, "val"),
@@ -133,10 +193,11 @@ def prepare_outputs(args) -> FolderLock:
     return lock
 
 
-def build_datasets(args):
+def build_datasets(args, world_size: int):
+    """The checked train and val sets (their warnings printed once)."""
     train_ann, train_images = coco_paths(args.data_path, "train")
     val_ann, val_images = coco_paths(args.data_path, "val")
-    augment = train_transforms(zoom_out=args.zoom_out, photometric=args.photometric)
+    augment = train_transforms(zoom_out=args.zoom_out, photometric=args.photometric, crop=args.crop)
     train = CocoDetection(train_images, train_ann, augment, max_missing=args.max_bad_images)
     val = CocoDetection(val_images, val_ann, val_transforms(), max_missing=args.max_bad_images)
     if train.category_ids != val.category_ids:
@@ -145,251 +206,149 @@ def build_datasets(args):
         r = train.report
         raise DatasetError(f"no annotation of {train_ann} is a usable box ({r.degenerate} degenerate, "
                            f"{r.crowd} crowd): nothing to learn")
+    if len(train) < args.batch_size * world_size:
+        raise DatasetError(f"{len(train)} training images are fewer than one global batch "
+                           f"({args.batch_size} x {world_size}): lower --batch-size")
+    if is_main_process():
+        for line in train.warnings + val.warnings:
+            print(f"warning: {line}", file=sys.stderr)
     return train, val
 
 
-def create_model(args, num_classes: int, resuming: bool):
-    finetune = args.finetune_from and not resuming
-    # a resumed or fine-tuned run gets all its weights from a checkpoint
-    pretrained = not args.no_pretrained_backbone and not resuming and not finetune
+def create_model(args, num_classes: int, device, from_checkpoint: bool):
+    """The model on ``device``: ImageNet backbone weights, or fine-tuned from ``--finetune-from``,
+    or (``from_checkpoint``: a resumed run) left for the checkpoint to fill."""
+    finetune = args.finetune_from and not from_checkpoint
+    pretrained = not args.no_pretrained_backbone and not from_checkpoint and not finetune
+    if pretrained:
+        fetch_backbone_weights(args.model)
+    model = build_model(args.model, num_classes, pretrained_backbone=pretrained)
+    if finetune:
+        skipped = load_matching_weights(model, args.finetune_from)
+        if is_main_process():
+            print(f"Fine-tuning from {args.finetune_from}; re-initialised (other shape or absent): "
+                  f"{', '.join(skipped) if skipped else 'nothing'}")
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory_format)
+
+
+def fetch_backbone_weights(model_name: str):
+    """torchvision's ImageNet weights of the backbone, downloaded once into the torch hub cache."""
     try:
-        model = build_model(args.model, num_classes, pretrained_backbone=pretrained)
-    except (OSError, RuntimeError) as e:  # URLError is an OSError
+        BACKBONE_WEIGHTS[model_name].get_state_dict(progress=is_main_process())
+    except (OSError, RuntimeError) as e:  # no network (a URLError is an OSError), or a corrupt download
         torch_home = os.environ.get("TORCH_HOME", "~/.cache/torch")
         raise UserError(f"could not get the ImageNet weights of the backbone ({e}); train with "
                         f"--no-pretrained-backbone, or place the weight file in {torch_home}/hub/checkpoints "
                         "(TORCH_HOME sets that folder)") from None
-    if finetune:
-        path = resolve_checkpoint(args.finetune_from)
-        skipped = load_matching_weights(model, model_state_dict(read_checkpoint(path), path), path)
-        if int(os.environ.get("RANK", 0)) == 0:
-            print(f"Fine-tuning from {path}; re-initialised (other shape or absent): "
-                  f"{', '.join(skipped) if skipped else 'nothing'}")
-    return model
 
 
-def checkpoint_path(args) -> str:
-    return os.path.join(args.save_folder, f"{args.model}.pth")
+def distribute(model, args, world_size: int, device):
+    """The module the training steps run: ``model`` in DDP over the processes, compiled if asked."""
+    trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world_size > 1 else model
+    return torch.compile(trained) if args.compile else trained
 
 
-def best_path(args) -> str:
-    return os.path.join(args.save_folder, f"{args.model}_best.pth")
-
-
-def read_resume_checkpoint(args, dataset):
-    """Our own checkpoint of this run, checked against the model and the dataset, or None."""
-    path = checkpoint_path(args)
-    if not os.path.exists(path):
-        return None
-    ckpt = read_checkpoint(path)
-    if "model_name" not in ckpt or "optimizer" not in ckpt:
-        raise CheckpointError(f"{path} is not a training checkpoint of this project: move it away "
-                              "or choose another --save-folder")
-    if ckpt["model_name"] != args.model:
-        raise CheckpointError(f"{path} is a {ckpt['model_name']} checkpoint, not {args.model}: "
-                              f"use --model {ckpt['model_name']} or another --save-folder")
-    if list(ckpt["category_ids"]) != dataset.category_ids:
-        raise CheckpointError(f"{path} was trained on {ckpt['num_classes'] - 1} other categories than the "
-                              f"{dataset.num_classes - 1} of {args.data_path}: choose another --save-folder")
-    return ckpt
-
-
-@dataclass
-class Run:
-    """What one training run holds; ``model`` may be the DDP wrapper of ``model_without_ddp``."""
-    args: argparse.Namespace
-    rank: int
-    world_size: int
-    device: torch.device
-    train_set: CocoDetection
-    val_set: CocoDetection
-    model: torch.nn.Module
-    model_without_ddp: torch.nn.Module
-    criterion: MultiBoxLoss
-    postprocess: Postprocessor
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
-    sampler: ResumableSampler
-    loader: DataLoader
-    writer: SummaryWriter | None = None
-    best_map: float = 0.0
-    history: list = field(default_factory=list)
-
-
-def build_run(args, rank, world_size, device, train_set, val_set, resuming) -> Run:
-    model = create_model(args, train_set.num_classes, resuming).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    coder = BoxCoder(default_boxes(get_spec(args.model)).to(device))
-    lr = scaled_lr(args.lr, args.batch_size, world_size)
-    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum,
-                                nesterov=args.nesterov and args.momentum > 0)
+def build_loader(args, train_set, rank: int, world_size: int, device):
     sampler = ResumableSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed,
                                drop_last=True)
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=args.num_workers > 0, worker_init_fn=worker_init)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world_size > 1 else model
-    if args.compile:
-        ddp = torch.compile(ddp)
-    return Run(args, rank, world_size, device, train_set, val_set, ddp, model,
-               MultiBoxLoss(coder, empty_negatives=args.empty_negatives),
-               Postprocessor(coder, nms_threshold=args.nms_threshold), optimizer,
-               warmup_multistep(optimizer, len(loader), args.warmup, args.multistep),
-               torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None,
-               sampler, loader)
+    return sampler, loader
 
 
-def restore(run: Run, ckpt: dict, path: str):
-    load_model_weights(run.model_without_ddp, ckpt["model"], path)
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-    if run.scaler is not None and ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
-    run.best_map, run.history = ckpt["best_map"], ckpt["history"]
+def build_step(args, model, iters_per_epoch: int, world_size: int, device) -> Step:
+    """SGD (the lr scaled to the global batch), warm-up and drops, the AMP scaler: one training step."""
+    lr = scaled_lr(args.lr, args.batch_size, world_size)
+    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum,
+                                nesterov=args.nesterov and args.momentum > 0)
+    return Step(optimizer, warmup_multistep(optimizer, iters_per_epoch, args.warmup, args.multistep), device,
+                scaler=torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None,
+                amp=args.amp, channels_last=args.channels_last, max_bad_share=args.max_bad_images)
 
 
-def save_checkpoint(run: Run, path: str, epoch: int, progress=None, rng=None):
+@dataclass
+class TrainingLog:
+    """Every finished epoch's losses and COCO stats, and the best AP so far."""
+    best_map: float = 0.0
+    history: list = field(default_factory=list)
+
+    def add(self, epoch: int, stats: dict, coco_stats: dict | None) -> bool:
+        """Record an epoch; True when its AP is the best so far."""
+        self.history.append({"epoch": epoch, **stats, **(coco_stats or {})})
+        if coco_stats is None or coco_stats["AP"] < self.best_map:
+            return False
+        self.best_map = coco_stats["AP"]
+        return True
+
+
+def restore(ckpt: dict, model, step: Step, path: str) -> TrainingLog:
+    """A resumed run's weights and optimizer, schedule and scaler states; its log so far."""
+    load_model_weights(model, ckpt["model"], path)
+    step.optimizer.load_state_dict(ckpt["optimizer"])
+    step.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    if step.scaler is not None and ckpt.get("scaler"):
+        step.scaler.load_state_dict(ckpt["scaler"])
+    return TrainingLog(ckpt["best_map"], ckpt["history"])
+
+
+def save_checkpoint(path, args, model, step: Step, data, log: TrainingLog, epoch: int, progress=None, rng=None):
     """``epoch``: whole epochs done; ``progress``: every rank's totals of the epoch in flight
     when stopped mid-way, with ``rng`` every rank's random states at that point."""
-    model = run.model_without_ddp
     for name, p in model.state_dict().items():
         if p.is_floating_point() and not torch.isfinite(p).all():
             raise UserError(f"weights became non-finite ({name}): not saving over {path}")
-    args, data = run.args, run.train_set
     save_atomic({
-        "model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
-        "lr_scheduler": run.lr_scheduler.state_dict(), "scaler": run.scaler.state_dict() if run.scaler else None,
-        "epoch": epoch, "iteration": run.lr_scheduler.last_epoch, "progress": progress,
+        "model": model.state_dict(), "optimizer": step.optimizer.state_dict(),
+        "lr_scheduler": step.lr_scheduler.state_dict(), "scaler": step.scaler.state_dict() if step.scaler else None,
+        "epoch": epoch, "iteration": step.lr_scheduler.last_epoch, "progress": progress,
         "rng": rng or [rng_states()], "model_name": args.model, "num_classes": data.num_classes,
         "category_ids": data.category_ids, "category_names": data.category_names,
-        "best_map": run.best_map, "history": run.history, "args": vars(args),
+        "best_map": log.best_map, "history": log.history, "args": vars(args),
     }, path)
 
 
-def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):
-    for image_id in val_set.ids[:count]:
-        try:
-            image = read_rgb(val_set.image_path(image_id))
-        except ImageReadError:  # named by the evaluation's warnings already
-            continue
-        dets = [r for r in results if r["image_id"] == image_id and r["score"] >= min_score]
-        boxes = torch.tensor([r["bbox"] for r in dets], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        names = val_set.category_names
-        labels = [f"{names[val_set.category_ids.index(r['category_id'])]} {r['score']:.2f}" for r in dets]
-        writer.add_image_with_boxes(f"val/{image_id}", image, boxes, epoch, labels=labels or None)
+def save_stop(args, model, step: Step, data, log: TrainingLog, epoch: int, totals: dict):
+    """A mid-epoch checkpoint, with every rank's place in the epoch (a collective call)."""
+    point = capture(totals)
+    if is_main_process():
+        save_checkpoint(checkpoint_path(args), args, model, step, data, log, epoch, **point)
+        print(f"\nStopped at iteration {step.lr_scheduler.last_epoch} ({totals['batches']} of epoch {epoch + 1}); "
+              f"saved {checkpoint_path(args)}. Run the same command to continue.")
 
 
-def main(args):
-    rank, _, world_size, device = init_distributed(args.device, args.dist_timeout)
-    lock = prepare_outputs(args) if rank == 0 else None
-    try:
-        train(args, rank, world_size, device)
-    finally:
-        if lock is not None:
-            lock.release()
-        cleanup()
+def start_logging(args, train_set, val_set, world_size, step: Step, point) -> SummaryWriter | None:
+    """The run's first lines, and its TensorBoard writer (on the main process only)."""
+    if not is_main_process():
+        return None
+    if point.epoch or point.progress:
+        done = f", {point.progress['batches']} iterations into epoch {point.epoch + 1}" if point.progress else ""
+        print(f"Resuming from {checkpoint_path(args)}: {point.epoch} epochs done{done}")
+    print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "
+          f"images, {world_size} process(es) on {step.device.type}, lr {step.optimizer.param_groups[0]['lr']:g}, "
+          f"TensorBoard in {log_dir(args)}")
+    return SummaryWriter(log_dir(args), purge_step=step.lr_scheduler.last_epoch or None)
 
 
-def train(args, rank, world_size, device):
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    seed_everything(args.seed + rank)
-    train_set, val_set = build_datasets(args)
-    if rank == 0:
-        for line in train_set.warnings + val_set.warnings:
-            print(f"warning: {line}", file=sys.stderr)
-    if len(train_set) < args.batch_size * world_size:
-        raise DatasetError(f"{len(train_set)} training images are fewer than one global batch "
-                           f"({args.batch_size} x {world_size}): lower --batch-size")
-    ckpt = read_resume_checkpoint(args, train_set)
-    run = build_run(args, rank, world_size, device, train_set, val_set, resuming=ckpt is not None)
-    start_epoch, progress, rng = 0, None, None
-    if ckpt is not None:
-        restore(run, ckpt, checkpoint_path(args))
-        start_epoch, progress, rng = ckpt["epoch"], ckpt.get("progress"), ckpt["rng"]
-        if rank == 0:
-            done = f", {progress[0]['batches']} iterations into epoch {start_epoch + 1}" if progress else ""
-            print(f"Resuming from {checkpoint_path(args)}: {start_epoch} epochs done{done}")
-    del ckpt
-    if rank == 0:
-        run.writer = SummaryWriter(log_dir(args), purge_step=run.lr_scheduler.last_epoch or None)
-        print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "
-              f"images, {world_size} process(es) on {device.type}, lr {run.optimizer.param_groups[0]['lr']:g}, "
-              f"TensorBoard in {log_dir(args)}")
-    stopper = GracefulStop().install()
-    for epoch in range(start_epoch, args.epochs):
-        mine = rank if progress and len(progress) == world_size else 0
-        if not train_epoch(run, epoch, stopper, progress[mine] if progress else None, rng[mine] if progress else None):
-            break
-        progress = None
-        if epoch + 1 == args.epochs and rank == 0 and "AP" in run.history[-1]:
-            log_hparams(run)
-        if stopper.agreed():
-            if rank == 0:
-                print(f"Stopped after epoch {epoch + 1}; run the same command to continue.")
-            break
-    stopper.uninstall()
-    if run.writer is not None:
-        run.writer.close()
+def finish_logging(writer, args, log: TrainingLog, world_size: int, trained: bool):
+    """When this run trained the last epoch, its settings beside its final mAP, for TensorBoard's
+    HPARAMS tab."""
+    if writer is None:
+        return
+    last = log.history[-1] if log.history else {}
+    if trained and last.get("epoch") == args.epochs and "AP" in last:
+        hparams = {"model": args.model, "batch_size": args.batch_size, "world_size": world_size, "lr": args.lr,
+                   "epochs": args.epochs, "warmup": args.warmup, "weight_decay": args.weight_decay,
+                   "amp": args.amp, "zoom_out": args.zoom_out, "pretrained_backbone": not args.no_pretrained_backbone,
+                   "finetune_from": str(args.finetune_from)}
+        writer.add_hparams(hparams, {"hparam/AP": last["AP"], "hparam/AP50": last["AP50"],
+                                     "hparam/best_AP": log.best_map}, run_name="hparams")
+    writer.close()
 
 
-def train_epoch(run: Run, epoch: int, stopper, progress=None, rng=None) -> bool:
-    """Train (the rest of) one epoch, evaluate, save. False when a signal stopped it mid-way."""
-    args = run.args
-    run.sampler.set_epoch(epoch)
-    run.sampler.skip = progress["batches"] * args.batch_size if progress else 0
-    if rng is not None:
-        set_rng_states(rng)  # mid-epoch resume: continue the same random stream
-    else:
-        seed_everything(args.seed + 1000 * epoch + run.rank)  # exact resume at any epoch boundary
-    totals = train_one_epoch(run.model, run.criterion, run.optimizer, run.lr_scheduler, run.scaler, run.loader,
-                             run.device, totals=progress, should_stop=stopper.should_stop, amp=args.amp,
-                             channels_last=args.channels_last, writer=run.writer,
-                             desc=f"epoch {epoch + 1}/{args.epochs}", max_bad_share=args.max_bad_images)
-    if not totals["complete"]:
-        progress, rng = gather_lists([totals]), gather_lists([rng_states()])
-        if run.rank == 0:
-            save_checkpoint(run, checkpoint_path(args), epoch, progress, rng)
-            print(f"\nStopped at iteration {run.lr_scheduler.last_epoch} ({totals['batches']} of epoch {epoch + 1}); "
-                  f"saved {checkpoint_path(args)}. Run the same command to continue.")
-        return False
-    stats = epoch_summary(totals)
-    coco_stats, results = None, None
-    if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
-        broadcast_buffers(run.model_without_ddp)  # evaluate the model rank 0 saves, on every rank
-        coco_stats, results = evaluate(run.model_without_ddp, run.postprocess, run.val_set, run.device,
-                                       run.val_set.category_ids, batch_size=args.batch_size,
-                                       num_workers=args.num_workers, amp=args.amp,
-                                       channels_last=args.channels_last, rank=run.rank, world_size=run.world_size)
-    run.history.append({"epoch": epoch + 1, **stats, **(coco_stats or {})})
-    improved = coco_stats is not None and coco_stats["AP"] >= run.best_map
-    run.best_map = max(run.best_map, coco_stats["AP"]) if coco_stats else run.best_map
-    if run.rank == 0:
-        report_epoch(run.writer, epoch, stats, coco_stats)
-        if coco_stats is not None:
-            log_val_images(run.writer, run.val_set, results, epoch)
-        save_checkpoint(run, checkpoint_path(args), epoch + 1)
-        if improved:
-            save_checkpoint(run, best_path(args), epoch + 1)
-    return True
-
-
-def log_hparams(run: Run):
-    """The run's settings beside its final mAP, for TensorBoard's HPARAMS tab."""
-    args, last = run.args, run.history[-1]
-    hparams = {"model": args.model, "batch_size": args.batch_size, "world_size": run.world_size, "lr": args.lr,
-               "epochs": args.epochs, "warmup": args.warmup, "weight_decay": args.weight_decay, "amp": args.amp,
-               "zoom_out": args.zoom_out, "pretrained_backbone": not args.no_pretrained_backbone,
-               "finetune_from": str(args.finetune_from)}
-    run.writer.add_hparams(hparams, {"hparam/AP": last["AP"], "hparam/AP50": last["AP50"],
-                                     "hparam/best_AP": run.best_map}, run_name="hparams")
-
-
-def report_epoch(writer, epoch, stats, coco_stats):
+def report_epoch(writer, epoch, stats, coco_stats, val_set, results):
     line = (f"epoch {epoch + 1}: loss {stats['loss']:.4f} (loc {stats['loc']:.4f}, cls {stats['cls']:.4f}), "
             f"{stats['images_per_s']:.1f} images/s")
     if stats["bad_images"]:
@@ -402,8 +361,21 @@ def report_epoch(writer, epoch, stats, coco_stats):
         line += f", AP {coco_stats['AP']:.4f}, AP50 {coco_stats['AP50']:.4f}"
         for name, value in coco_stats.items():
             writer.add_scalar(f"coco/{name}", value, epoch + 1)
+        log_val_images(writer, val_set, results, epoch)
     writer.add_scalar("epoch/loss", stats["loss"], epoch + 1)
     print(line, flush=True)
+
+
+def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):
+    for image_id in val_set.ids[:count]:
+        try:
+            image = read_rgb(val_set.image_path(image_id))
+        except ImageReadError:  # named by the evaluation's warnings already
+            continue
+        mine = [r for r in results if r["image_id"] == image_id and r["score"] >= min_score]
+        dets = Detections.from_coco_results(mine, val_set.category_ids, val_set.category_names)
+        labels = [f"{name} {score:.2f}" for name, score in zip(dets.names, dets.scores.tolist())]
+        writer.add_image_with_boxes(f"val/{image_id}", image, dets.boxes, epoch, labels=labels or None)
 
 
 if __name__ == "__main__":

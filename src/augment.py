@@ -18,7 +18,6 @@ import torch
 from torchvision.ops import box_iou
 from torchvision.transforms.v2 import functional as F
 
-CROP_TRIALS = 50  # candidate crops tried per minimum-IoU draw, as in the paper's code
 CROP_SCALE = (0.3, 1.0)  # crop side as a fraction of the canvas side
 CROP_ASPECT = (0.5, 2.0)  # crop width / height
 
@@ -49,11 +48,32 @@ def sample_zoom_out(h: int, w: int, zoom_out: float) -> tuple[int, int, int, int
     return canvas_w, canvas_h, int((canvas_w - w) * r[2]), int((canvas_h - h) * r[3])
 
 
-def sample_crop(boxes: torch.Tensor, h: int, w: int, min_ious) -> tuple[int, int, int, int]:
-    """The SSD crop of an ``h`` x ``w`` canvas: draw a minimum IoU (1.0 keeps the whole
-    canvas), then take the first of ``CROP_TRIALS`` random crops that has the right shape,
-    holds the centre of a box, and overlaps by at least that IoU one of the boxes whose
-    centre it holds (the boxes that will be kept). An image without boxes is kept whole.
+@dataclass(frozen=True)
+class CropRule:
+    """How a crop is searched for, once a minimum IoU is drawn.
+
+    ``trials`` random crops are tried; a crop qualifies when it has the right shape, holds the
+    centre of a box, and overlaps by at least the minimum IoU one of the boxes whose centre
+    it holds (``all_boxes=False``) or every box of the image (``all_boxes=True``). When none
+    qualifies, a new minimum IoU is drawn.
+    """
+    trials: int
+    all_boxes: bool
+
+
+CROP_RULES = {
+    # the paper's code (and torchvision's RandomIoUCrop): 50 trials, one box overlapping enough
+    "paper": CropRule(trials=50, all_boxes=False),
+    # NVIDIA's SSD300 v1.1 (and the original repository): one trial, every box overlapping enough;
+    # gentler: the whole image comes back about half of the time
+    "nvidia": CropRule(trials=1, all_boxes=True),
+}
+
+
+def sample_crop(boxes: torch.Tensor, h: int, w: int, min_ious, rule: CropRule = CROP_RULES["paper"]):
+    """The SSD crop of an ``h`` x ``w`` canvas: draw a minimum IoU (1.0 keeps the whole canvas,
+    0.0 is a patch with no IoU constraint), then search for a crop by ``rule``. An image without
+    boxes is kept whole.
 
     :param boxes: (n, 4) pixel ltrb in the canvas
     :return: (x0, y0, x1, y1) integer pixels
@@ -67,7 +87,7 @@ def sample_crop(boxes: torch.Tensor, h: int, w: int, min_ious) -> tuple[int, int
             return 0, 0, w, h
         if len(boxes) == 0:
             continue  # only "keep" can end the draw (as in torchvision's RandomIoUCrop)
-        r = torch.rand(CROP_TRIALS, 4)
+        r = torch.rand(rule.trials, 4)
         size = torch.tensor([w, h]) * (CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * r[:, :2])
         size = size.floor()  # (T, 2) crop width, height
         start = ((torch.tensor([w, h]) - size) * r[:, 2:]).floor()  # (T, 2) left, top
@@ -75,16 +95,18 @@ def sample_crop(boxes: torch.Tensor, h: int, w: int, min_ious) -> tuple[int, int
         aspect = size[:, 0] / size[:, 1].clamp(min=1)
         ok = (size > 0).all(1) & (aspect >= CROP_ASPECT[0]) & (aspect <= CROP_ASPECT[1])
         inside = ((centres[None] > crops[:, None, :2]) & (centres[None] < crops[:, None, 2:])).all(2)  # (T, n)
-        ok &= inside.any(1) & ((box_iou(crops, boxes) * inside).amax(1) >= min_iou)
-        found = ok.nonzero()
+        ious = box_iou(crops, boxes)  # (T, n)
+        overlap = (ious >= min_iou).all(1) if rule.all_boxes else (ious * inside).amax(1) >= min_iou
+        found = (ok & inside.any(1) & overlap).nonzero()
         if len(found):
             return tuple(int(v) for v in crops[found[0, 0]])
 
 
-def sample_geometry(boxes: torch.Tensor, h: int, w: int, zoom_out: float, min_ious) -> Geometry:
+def sample_geometry(boxes: torch.Tensor, h: int, w: int, zoom_out: float, min_ious,
+                    rule: CropRule = CROP_RULES["paper"]) -> Geometry:
     """Zoom-out, then crop, then flip, drawn from the image size and its (n, 4) pixel ltrb boxes."""
     canvas_w, canvas_h, left, top = sample_zoom_out(h, w, zoom_out)
-    crop = sample_crop(boxes + torch.tensor([left, top, left, top]), canvas_h, canvas_w, min_ious)
+    crop = sample_crop(boxes + torch.tensor([left, top, left, top]), canvas_h, canvas_w, min_ious, rule)
     return Geometry(canvas_w, canvas_h, left, top, crop, flip=bool(torch.rand(()) < 0.5))
 
 
@@ -150,13 +172,15 @@ def move_regions(regions: torch.Tensor, g: Geometry, size: int) -> torch.Tensor:
 def photometric_distort(rgb: np.ndarray, strength: float = 1.0) -> np.ndarray:
     """The SSD paper's colour distortion, each step with probability 0.5: brightness x[0.875,
     1.125], contrast x[0.5, 1.5] (before or after the next two), saturation x[0.5, 1.5], hue
-    +-0.05 of the circle, a random channel order. Same ranges as ``v2.RandomPhotometricDistort``
-    at ``strength`` 1; each range shrinks towards no change with ``strength``.
+    +-0.05 of the circle. Same ranges as ``v2.RandomPhotometricDistort`` at ``strength`` 1; each
+    range shrinks towards no change with ``strength``. The channels are never reordered: the
+    paper's configuration gives that step probability 0 (torchvision's class, 0.5), and a
+    red object turned blue is another object in many users' data (lights, fruit, signs).
 
     :param rgb: (H, W, 3) uint8
     :return: (H, W, 3) uint8
     """
-    r = torch.rand(11).tolist()
+    r = torch.rand(9).tolist()
     contrast_first = r[2] < 0.5
 
     def factor(u, half_range):  # u in [0, 1) -> 1 +- half_range * strength
@@ -174,8 +198,6 @@ def photometric_distort(rgb: np.ndarray, strength: float = 1.0) -> np.ndarray:
         rgb = _shift_hue(rgb, (2 * r[8] - 1) * 0.05 * strength)
     if not contrast_first and r[3] < 0.5:
         rgb = _contrast(rgb, factor(r[4], 0.5))
-    if r[9] < 0.5:
-        rgb = np.ascontiguousarray(rgb[..., torch.randperm(3).numpy()])
     return rgb
 
 

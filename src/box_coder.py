@@ -1,12 +1,15 @@
 """Matching ground truth to default boxes, and the offset encoding between them.
 
 Conventions used throughout the project:
-- ``ltrb``: (left, top, right, bottom), ``xywh``: (centre x, centre y, width, height);
+- ``ltrb``: (left, top, right, bottom), torchvision's ``xyxy``; ``cxcywh``: (centre x, centre y,
+  width, height); COCO's ``xywh`` (left, top, width, height) appears only at the COCO boundary;
 - coordinates are normalised to [0, 1] of the network input unless a name says pixels;
 - label 0 is background, labels 1..C-1 are the dataset's categories.
 """
 import torch
 from torchvision.ops import box_convert
+
+from .default_boxes import default_boxes
 
 CENTER_VARIANCE = 0.1
 SIZE_VARIANCE = 0.2
@@ -41,17 +44,22 @@ def batched_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
 class BoxCoder:
     """Matches ground truth to the default boxes and converts boxes to and from offsets.
 
-    :param dboxes_xywh: (B, 4) default boxes, normalised (cx, cy, w, h)
+    :param dboxes_cxcywh: (B, 4) default boxes, normalised (cx, cy, w, h)
     """
 
-    def __init__(self, dboxes_xywh: torch.Tensor, iou_threshold: float = 0.5):
-        self.dboxes_xywh = dboxes_xywh
-        self.dboxes_ltrb = box_convert(dboxes_xywh, "cxcywh", "xyxy")
+    def __init__(self, dboxes_cxcywh: torch.Tensor, iou_threshold: float = 0.5):
+        self.dboxes_cxcywh = dboxes_cxcywh
+        self.dboxes_ltrb = box_convert(dboxes_cxcywh, "cxcywh", "xyxy")
         self.iou_threshold = iou_threshold
+
+    @classmethod
+    def for_spec(cls, spec, device="cpu") -> "BoxCoder":
+        """The coder of a model of architecture ``spec``, its default boxes on ``device``."""
+        return cls(default_boxes(spec).to(device))
 
     @property
     def num_boxes(self) -> int:
-        return self.dboxes_xywh.shape[0]
+        return self.dboxes_cxcywh.shape[0]
 
     def match(self, gt_ltrb: torch.Tensor, gt_labels: torch.Tensor, crowd_ltrb: torch.Tensor | None = None,
               chunk_elements: int = MATCH_CHUNK_ELEMENTS):
@@ -69,7 +77,7 @@ class BoxCoder:
         :param gt_ltrb: (N, M, 4) normalised ltrb ground truth, padded
         :param gt_labels: (N, M) int labels, 0 where a row is padding
         :param crowd_ltrb: (N, K, 4) normalised ltrb crowd regions, padded with empty boxes
-        :return: ``(boxes_xywh (N, B, 4), labels (N, B))``: the matched ground truth as
+        :return: ``(boxes_cxcywh (N, B, 4), labels (N, B))``: the matched ground truth as
             (cx, cy, w, h), or the default box itself where unmatched; label 0 there, -1 where ignored
         """
         n, m = gt_labels.shape
@@ -84,7 +92,7 @@ class BoxCoder:
             gt_ltrb, gt_labels = gt_ltrb.new_zeros(len(gt_ltrb), 1, 4), gt_labels.new_zeros(len(gt_labels), 1)
         n, m = gt_labels.shape
         dboxes_ltrb = self.dboxes_ltrb.to(gt_ltrb.device)
-        dboxes_xywh = self.dboxes_xywh.to(gt_ltrb.device)
+        dboxes_cxcywh = self.dboxes_cxcywh.to(gt_ltrb.device)
         num_boxes = dboxes_ltrb.shape[0]
         valid = gt_labels > 0  # (N, M)
         ious = batched_box_iou(gt_ltrb, dboxes_ltrb)  # (N, M, B)
@@ -112,7 +120,7 @@ class BoxCoder:
             labels = labels.masked_fill(in_crowd & ~positive, -1)
         matched = torch.gather(gt_ltrb, 1, best_gt[..., None].expand(n, num_boxes, 4))  # (N, B, 4)
         matched = box_convert(matched, "xyxy", "cxcywh")
-        boxes = torch.where(positive[..., None], matched, dboxes_xywh)
+        boxes = torch.where(positive[..., None], matched, dboxes_cxcywh)
         return boxes, labels.long()
 
     def match_one(self, gt_ltrb: torch.Tensor, gt_labels: torch.Tensor):
@@ -120,16 +128,16 @@ class BoxCoder:
         boxes, labels = self.match(gt_ltrb[None], gt_labels[None])
         return boxes[0], labels[0]
 
-    def encode(self, boxes_xywh: torch.Tensor) -> torch.Tensor:
-        """Offsets of (..., B, 4) xywh boxes from the default boxes, as the model predicts them."""
-        d = self.dboxes_xywh.to(boxes_xywh.device)
-        center = (boxes_xywh[..., :2] - d[:, :2]) / (CENTER_VARIANCE * d[:, 2:])
-        size = torch.log(boxes_xywh[..., 2:] / d[:, 2:]) / SIZE_VARIANCE
+    def encode(self, boxes_cxcywh: torch.Tensor) -> torch.Tensor:
+        """Offsets of (..., B, 4) cxcywh boxes from the default boxes, as the model predicts them."""
+        d = self.dboxes_cxcywh.to(boxes_cxcywh.device)
+        center = (boxes_cxcywh[..., :2] - d[:, :2]) / (CENTER_VARIANCE * d[:, 2:])
+        size = torch.log(boxes_cxcywh[..., 2:] / d[:, 2:]) / SIZE_VARIANCE
         return torch.cat([center, size], dim=-1)
 
     def decode(self, offsets: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`encode`: (..., B, 4) offsets -> (..., B, 4) normalised ltrb boxes."""
-        d = self.dboxes_xywh.to(offsets.device)
+        d = self.dboxes_cxcywh.to(offsets.device)
         center = offsets[..., :2] * CENTER_VARIANCE * d[:, 2:] + d[:, :2]
         size = torch.exp(offsets[..., 2:] * SIZE_VARIANCE) * d[:, 2:]
         return box_convert(torch.cat([center, size], dim=-1), "cxcywh", "xyxy")

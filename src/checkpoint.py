@@ -16,8 +16,11 @@ import zipfile
 
 import torch
 
+from .coco_names import COCO_CATEGORIES
 from .errors import CheckpointError
+from .model import build_model
 from .outputs import default_mode
+from .published import resolve_checkpoint
 from .specs import get_spec
 
 # keys of a parameter only one of the two backbones has
@@ -112,17 +115,73 @@ def load_model_weights(model, state: dict, path: str = "checkpoint"):
     model.load_state_dict(state, strict=True)
 
 
-def load_matching_weights(model, state: dict, path: str = "checkpoint") -> list[str]:
-    """Fine-tuning: copy every tensor whose name and shape match (backbone, extra layers, box
-    heads); keep the fresh initialisation of the rest (class heads of another class count).
-
-    :return: the names of the model's tensors that were not loaded
-    """
+def architecture_of(state: dict, path: str, model_name: str | None = None) -> str:
+    """"ssd" or "ssdlite", read from the keys; it must be ``model_name`` when one is given."""
     found = infer_model_name(state)
     if found is None:
         raise CheckpointError(f"{path} holds no SSD-ResNet50 or SSDLite-MobileNetV2 weights")
-    if found != model.spec.name:
-        raise CheckpointError(f"{path} holds an {found} model, not {model.spec.name}: use --model {found}")
+    if model_name is not None and model_name != found:
+        raise CheckpointError(f"{path} holds an {found} model, not {model_name}: use --model {found} (or leave "
+                              "--model out where the script allows)")
+    return found
+
+
+def categories_of(ckpt: dict, num_classes: int, fallback=None) -> tuple[list[int], list[str]]:
+    """Category ids and names of a checkpoint's labels 1..K (K <= num_classes - 1).
+
+    Ours carry them. For the original's and NVIDIA's, which do not: ``fallback``, the
+    ``(ids, names)`` of the dataset it is used on, when given, in id order (the original's own
+    rule: labels 1..K are a set's categories sorted by id, the rest of its 81-way head unused;
+    for COCO that is COCO's ids), except that an 81-way head on a set whose categories are all
+    COCO's (same ids and names: COCO or a part of it) reads as COCO; otherwise COCO's 80 when
+    the head has 81 outputs, else generic names.
+    """
+    coco = [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
+    if "category_names" in ckpt and "category_ids" in ckpt:
+        return list(ckpt["category_ids"]), list(ckpt["category_names"])
+    is_coco_head = num_classes == len(COCO_CATEGORIES) + 1
+    if fallback is not None and not (is_coco_head and set(zip(*fallback)) <= set(COCO_CATEGORIES)):
+        return list(fallback[0]), list(fallback[1])
+    if is_coco_head:
+        return coco
+    return list(range(1, num_classes)), [f"class_{i}" for i in range(1, num_classes)]
+
+
+def load_model(path: str, model_name: str | None = None, map_location="cpu", categories=None):
+    """The one way to turn a checkpoint of any of the three forms into a model.
+
+    :param path: a checkpoint file, or the name of published weights ("nvidia", "original"),
+        fetched into the torch hub cache the first time
+    :param model_name: when given, the checkpoint must hold this architecture
+    :param categories: ``(ids, names)`` for a checkpoint that carries none (see :func:`categories_of`)
+    The architecture comes from the keys and the class count from the class head.
+    :return: ``(model in eval mode, category_ids, category_names)``; there may be fewer
+        categories than the head has labels (decode with ``num_labels=len(category_ids)``)
+    """
+    path = resolve_checkpoint(path)
+    ckpt = read_checkpoint(path, map_location)
+    state = model_state_dict(ckpt, path)
+    name = architecture_of(state, path, model_name)
+    num_classes = infer_num_classes(state, name)
+    model = build_model(name, num_classes)
+    load_model_weights(model, state, path)
+    ids, names = categories_of(ckpt, num_classes, categories)
+    if len(names) > num_classes - 1 or ("category_names" in ckpt and len(names) != num_classes - 1):
+        raise CheckpointError(f"{path} has a {num_classes - 1}-class head, and {len(names)} categories to "
+                              "put on it")
+    return model.eval(), ids, names
+
+
+def load_matching_weights(model, path: str) -> list[str]:
+    """Fine-tuning: from a checkpoint of any form (a file or a published name), copy every tensor
+    whose name and shape match (backbone, extra layers, box heads); keep the fresh
+    initialisation of the rest (class heads of another class count).
+
+    :return: the names of the model's tensors that were not loaded
+    """
+    path = resolve_checkpoint(path)
+    state = model_state_dict(read_checkpoint(path), path)
+    architecture_of(state, path, model.spec.name)
     state = adapt_state_dict(state, model.spec.name)
     own = model.state_dict()
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}

@@ -5,13 +5,12 @@ import os
 import sys
 
 import cv2
-
 import torch
 
 from .dataset import load_coco
 from .errors import UserError
+from .published import PUBLISHED, local_path
 from .specs import MODEL_NAMES
-from .weights import PUBLISHED, local_path
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -48,44 +47,22 @@ def _float(text: str) -> float:
     return value
 
 
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (a learning rate, a timeout)."""
-    value = _float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is not above 0")
-    return value
+def _bounded_float(accept, wrong: str, doc: str):
+    """An argparse type: a finite number that ``accept`` takes, else the usage error ``wrong``."""
+    def parse(text: str) -> float:
+        value = _float(text)
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{value:g} {wrong}")
+        return value
+    parse.__doc__ = doc
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0 (weight decay)."""
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value:g} is below 0")
-    return value
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number in [0, 1] (a score or IoU threshold, a share)."""
-    value = _float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value:g} is not in [0, 1]")
-    return value
-
-
-def sgd_momentum(text: str) -> float:
-    """argparse type: SGD momentum, in [0, 1)."""
-    value = _float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{value:g} is not in [0, 1)")
-    return value
-
-
-def zoom_factor(text: str) -> float:
-    """argparse type: a zoom-out factor, at least 1 (1 turns zoom-out off)."""
-    value = _float(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value:g} is below 1 (1 turns zoom-out off)")
-    return value
+positive_float = _bounded_float(lambda v: v > 0, "is not above 0", "a number > 0 (a learning rate, a timeout)")
+non_negative_float = _bounded_float(lambda v: v >= 0, "is below 0", "a number >= 0 (weight decay)")
+fraction = _bounded_float(lambda v: 0 <= v <= 1, "is not in [0, 1]", "a number in [0, 1] (a threshold, a share)")
+sgd_momentum = _bounded_float(lambda v: 0 <= v < 1, "is not in [0, 1)", "SGD momentum, in [0, 1)")
+zoom_factor = _bounded_float(lambda v: v >= 1, "is below 1 (1 turns zoom-out off)", "a zoom-out factor, at least 1")
 
 
 def device_name(text: str) -> str:

@@ -22,7 +22,7 @@ def to_coco_results(detections, image_ids, orig_sizes, category_ids) -> list[dic
     results = []
     for (boxes, labels, scores), image_id, (h, w) in zip(detections, image_ids, orig_sizes):
         boxes = boxes.float().cpu().numpy() * np.array([w, h, w, h], dtype=np.float32)
-        boxes[:, 2:] -= boxes[:, :2]  # ltrb -> ltwh
+        boxes[:, 2:] -= boxes[:, :2]  # ltrb -> COCO xywh
         for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
             results.append({"image_id": int(image_id), "category_id": int(category_ids[label - 1]),
                             "bbox": [round(v, 2) for v in box], "score": round(score, 5)})

@@ -1,7 +1,6 @@
 """COCO-format detection data: the original layout, or any annotation file plus image folder."""
 import contextlib
 import io
-import itertools
 import json
 import os
 import sys
@@ -201,7 +200,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return boxes[~crowd & big], labels[~crowd & big], boxes[crowd & big]
 
     def __getitem__(self, index):
-        """:param index: a position, or ``(position, seed)`` as :class:`ResumableSampler` gives:
+        """:param index: a position, or ``(position, seed)`` as :class:`~src.resume.ResumableSampler` gives:
             the augmentation then draws from ``seed`` alone, the same in any worker or process."""
         index, seed = index if isinstance(index, tuple) else (index, None)
         image_id = self.ids[index]
@@ -280,34 +279,6 @@ def collate(batch):
     """Stack the images, keep the targets as a list (each image has its own box count)."""
     images, targets = zip(*batch)
     return torch.stack(images), list(targets)
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """The augmentation seed of one sample in one epoch: a function of these three alone, so the
-    draws differ from epoch to epoch and sample to sample, and do not depend on which worker,
-    rank or resumed run loads it."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
-
-
-class ResumableSampler(torch.utils.data.DistributedSampler):
-    """DistributedSampler that can start an epoch part-way, after ``skip`` of this rank's samples
-    (resuming mid-epoch sees the rest of the same shuffled order), and gives each sample its
-    augmentation seed: it yields ``(index, sample_seed(seed, epoch, index))``.
-
-    Seeding per sample, in the main process, is what makes every epoch and every rank draw
-    differently with persistent workers (a worker's own generator is seeded once, when it
-    starts) and makes a resume exact with any number of workers."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.skip = 0
-
-    def __iter__(self):
-        indices = itertools.islice(super().__iter__(), self.skip, None)
-        return ((i, sample_seed(self.seed, self.epoch, i)) for i in indices)
-
-    def __len__(self):
-        return super().__len__() - self.skip
 
 
 def shard(dataset, rank: int, world_size: int):

@@ -5,16 +5,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .box_coder import BoxCoder
-from .checkpoint import infer_model_name, infer_num_classes, load_model_weights, model_state_dict, read_checkpoint
-from .coco_names import COCO_CATEGORIES
-from .default_boxes import default_boxes
+from .checkpoint import load_model
 from .engine import autocast
-from .errors import CheckpointError
-from .model import build_model
 from .postprocess import Postprocessor
 from .transforms import val_transforms
-from .weights import resolve_checkpoint
 
 
 @dataclass
@@ -26,60 +20,19 @@ class Detections:
     scores: torch.Tensor
     names: list
 
+    @classmethod
+    def from_coco_results(cls, results: list[dict], category_ids: list, category_names: list) -> "Detections":
+        """One image's detections in COCO results format (pixels, COCO xywh, category ids), as Detections."""
+        boxes = torch.tensor([r["bbox"] for r in results], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]  # COCO xywh -> ltrb
+        labels = torch.tensor([category_ids.index(r["category_id"]) + 1 for r in results], dtype=torch.long)
+        return cls(boxes, labels, torch.tensor([float(r["score"]) for r in results]),
+                   [category_names[i - 1] for i in labels.tolist()])
+
     def to_list(self) -> list[dict]:
         return [{"label": int(label), "name": name, "score": round(float(score), 4),
                  "box": [round(v, 1) for v in box]}
                 for box, label, score, name in zip(self.boxes.tolist(), self.labels, self.scores, self.names)]
-
-
-def categories_of(ckpt: dict, num_classes: int, fallback=None) -> tuple[list[int], list[str]]:
-    """Category ids and names of a checkpoint's labels 1..K (K <= num_classes - 1).
-
-    Ours carry them. For the original's and NVIDIA's, which do not: ``fallback``, the
-    ``(ids, names)`` of the dataset it is used on, when given, in id order (the original's own
-    rule: labels 1..K are a set's categories sorted by id, the rest of its 81-way head unused;
-    for COCO that is COCO's ids), except that an 81-way head on a set whose categories are all
-    COCO's (same ids and names: COCO or a part of it) reads as COCO; otherwise COCO's 80 when
-    the head has 81 outputs, else generic names.
-    """
-    coco = [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
-    if "category_names" in ckpt and "category_ids" in ckpt:
-        return list(ckpt["category_ids"]), list(ckpt["category_names"])
-    is_coco_head = num_classes == len(COCO_CATEGORIES) + 1
-    if fallback is not None and not (is_coco_head and set(zip(*fallback)) <= set(COCO_CATEGORIES)):
-        return list(fallback[0]), list(fallback[1])
-    if is_coco_head:
-        return coco
-    return list(range(1, num_classes)), [f"class_{i}" for i in range(1, num_classes)]
-
-
-def load_checkpoint_model(path: str, model_name: str | None = None, map_location="cpu", categories=None):
-    """Build the model a checkpoint of any of the three forms holds, with its weights.
-
-    :param path: a checkpoint file, or the name of published weights ("nvidia", "original"),
-        fetched into the torch hub cache the first time
-    :param categories: ``(ids, names)`` for a checkpoint that carries none (see :func:`categories_of`)
-    The architecture comes from the keys and the class count from the class head;
-    ``model_name``, when given, must agree.
-    :return: ``(model in eval mode, category_ids, category_names)``; there may be fewer
-        categories than the head has labels (decode with ``num_labels=len(category_ids)``)
-    """
-    path = resolve_checkpoint(path)
-    ckpt = read_checkpoint(path, map_location)
-    state = model_state_dict(ckpt, path)
-    found = infer_model_name(state)
-    if found is None:
-        raise CheckpointError(f"{path} holds no SSD-ResNet50 or SSDLite-MobileNetV2 weights")
-    if model_name is not None and model_name != found:
-        raise CheckpointError(f"{path} holds an {found} model, not {model_name}: drop --model or use --model {found}")
-    num_classes = infer_num_classes(state, found)
-    model = build_model(found, num_classes)
-    load_model_weights(model, state, path)
-    ids, names = categories_of(ckpt, num_classes, categories)
-    if len(names) > num_classes - 1 or ("category_names" in ckpt and len(names) != num_classes - 1):
-        raise CheckpointError(f"{path} has a {num_classes - 1}-class head, and {len(names)} categories to "
-                              "put on it")
-    return model.eval(), ids, names
 
 
 def bgr_to_tensor(frame: np.ndarray) -> torch.Tensor:
@@ -103,15 +56,15 @@ class Detector:
         self.category_ids = category_ids
         self.category_names = category_names
         self.transform = val_transforms(model.spec.fig_size)
-        coder = BoxCoder(default_boxes(model.spec).to(self.device))
-        self.postprocess = Postprocessor(coder, cls_threshold, nms_threshold, max_output=max_output,
-                                         num_labels=len(category_names))
+        self.postprocess = Postprocessor.for_spec(model.spec, self.device, score_threshold=cls_threshold,
+                                                  nms_threshold=nms_threshold, max_output=max_output,
+                                                  num_labels=len(category_names))
         self.amp = amp
 
     @classmethod
     def from_checkpoint(cls, path, model_name=None, device="cpu", categories=None, **kwargs) -> "Detector":
         """:param categories: ``(ids, names)`` for a checkpoint that carries none"""
-        model, ids, names = load_checkpoint_model(path, model_name, map_location="cpu", categories=categories)
+        model, ids, names = load_model(path, model_name, map_location="cpu", categories=categories)
         return cls(model, ids, names, device, **kwargs)
 
     def preprocess(self, images: list[torch.Tensor]) -> torch.Tensor:

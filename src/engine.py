@@ -2,6 +2,7 @@
 import math
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
@@ -38,24 +39,44 @@ def to_input(images, device, channels_last=False):
     return images.to(device, non_blocking=True, memory_format=fmt)
 
 
-def train_step(model, criterion, optimizer, scaler, images, targets, device, amp=False,
-               channels_last=False) -> dict:
+@dataclass
+class Step:
+    """What each training step needs besides the model and the loss; these travel together.
+
+    :param optimizer: updated every step
+    :param lr_scheduler: stepped every iteration (warm-up, then drops at epochs)
+    :param scaler: a ``GradScaler`` for float16 AMP on CUDA, else None
+    :param amp: autocast (float16 on CUDA, bfloat16 on the CPU)
+    :param channels_last: NHWC inputs (the model is in that layout too)
+    :param max_bad_share: share of unreadable images tolerated in an epoch
+    """
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    scaler: torch.amp.GradScaler | None = None
+    amp: bool = False
+    channels_last: bool = False
+    max_bad_share: float = 1.0
+    log_every: int = 20
+
+
+def train_step(model, criterion, images, targets, step: Step) -> dict:
     """Match, forward, loss, backward and optimizer step for one batch; returns the losses.
 
-    The default-box matching runs batched on ``device``.
+    The default-box matching runs batched on the training device.
     """
-    gt_boxes, gt_labels = criterion.coder.match(*pad_targets(targets, device))
-    with autocast(device, amp):
-        ploc, plabel = model(to_input(images, device, channels_last))
+    gt_boxes, gt_labels = criterion.coder.match(*pad_targets(targets, step.device))
+    with autocast(step.device, step.amp):
+        ploc, plabel = model(to_input(images, step.device, step.channels_last))
     losses = criterion(ploc, plabel, gt_boxes, gt_labels)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(losses["total"]).backward()
-        scaler.step(optimizer)  # skips the step on fp16 overflow, by design
-        scaler.update()
+    step.optimizer.zero_grad(set_to_none=True)
+    if step.scaler is not None:
+        step.scaler.scale(losses["total"]).backward()
+        step.scaler.step(step.optimizer)  # skips the step on fp16 overflow, by design
+        step.scaler.update()
     else:
         losses["total"].backward()
-        optimizer.step()
+        step.optimizer.step()
     return losses
 
 
@@ -66,49 +87,47 @@ def _check_bad_share(bad: int, seen: int, max_share: float, final: bool):
                            f"more than {max_share:.0%}: check the image files (--max-bad-images sets the share)")
 
 
-def train_one_epoch(model, criterion, optimizer, lr_scheduler, scaler, loader, device, *, totals=None,
-                    should_stop=None, amp=False, channels_last=False, writer=None, log_every=20, desc="",
-                    max_bad_share=1.0):
-    """Train over ``loader`` once, or until ``should_stop(step)`` says so after a step.
+def train_one_epoch(model, criterion, loader, step: Step, *, totals=None, should_stop=None, writer=None, desc=""):
+    """Train over ``loader`` once, or until ``should_stop(iteration)`` says so after a step.
 
     :param totals: the running totals of an epoch resumed mid-way (``loader`` then yields
         only its remaining batches), as returned here; None for a new epoch
-    :param max_bad_share: share of unreadable images (placeholders) tolerated; above it,
-        :class:`DatasetError`
     :return: this rank's running totals ``{"sums": [total, loc, cls], "batches", "bad_images",
-        "complete"}``; :func:`epoch_summary` turns them into averages over the ranks
+        "resized", "complete", "images_per_s"}``; :func:`epoch_summary` turns them into averages
+        over the ranks. An epoch with more than ``step.max_bad_share`` unreadable images raises
+        :class:`DatasetError`.
     """
     model.train()
     totals = totals or {"sums": [0.0, 0.0, 0.0], "batches": 0, "bad_images": 0}
-    sums = torch.tensor(totals["sums"], device=device)
+    sums = torch.tensor(totals["sums"], device=step.device)
     batches, bad, resized = totals["batches"], totals["bad_images"], totals.get("resized", 0)
-    previous = (None, None, None)  # (loss, step, image ids) of the last step, checked late
+    previous = (None, None, None)  # (loss, iteration, image ids) of the last step, checked late
     start, seen, complete = time.perf_counter(), 0, True
     bar = tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True, leave=True,
                initial=batches, total=batches + len(loader))
     for images, targets in bar:
-        step = lr_scheduler.last_epoch  # iterations done so far
+        iteration = step.lr_scheduler.last_epoch  # iterations done so far
         _check_finite(*previous)
-        losses = train_step(model, criterion, optimizer, scaler, images, targets, device, amp, channels_last)
-        lr_scheduler.step()
+        losses = train_step(model, criterion, images, targets, step)
+        step.lr_scheduler.step()
 
         parts = torch.stack([losses["total"], losses["loc"], losses["cls"]]).detach()
         sums += parts
         batches += 1
         bad += sum(1 for t in targets if t.get("bad"))
         resized += sum(1 for t in targets if t.get("resized"))
-        _check_bad_share(bad, batches * len(images), max_bad_share, final=False)
-        previous = (parts[0], step, [t["image_id"] for t in targets])
+        _check_bad_share(bad, batches * len(images), step.max_bad_share, final=False)
+        previous = (parts[0], iteration, [t["image_id"] for t in targets])
         seen += len(images)
-        if step % log_every == 0:
-            _log_step(bar, writer, parts, optimizer, step, seen / (time.perf_counter() - start))
-        if should_stop is not None and should_stop(step):
+        if iteration % step.log_every == 0:
+            _log_step(bar, writer, parts, step.optimizer, iteration, seen / (time.perf_counter() - start))
+        if should_stop is not None and should_stop(iteration):
             complete = False
             break
     bar.close()
     _check_finite(*previous)
     if complete:
-        _check_bad_share(bad, batches * loader.batch_size, max_bad_share, final=True)
+        _check_bad_share(bad, batches * loader.batch_size, step.max_bad_share, final=True)
     return {"sums": sums.tolist(), "batches": batches, "bad_images": bad, "resized": resized, "complete": complete,
             "images_per_s": seen / max(1e-9, time.perf_counter() - start)}
 
@@ -169,7 +188,7 @@ def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32
     COCOeval and prints the 12-line summary.
     :param category_ids: dataset category id of each label 1..K
     :return: ``(stats, results)``: the 12 COCO stats (on every rank) and all detections in
-        COCO results format (pixels, ltwh)
+        COCO results format (pixels, COCO xywh)
     """
     loader = eval_loader(dataset, batch_size, num_workers, rank, world_size, pin_memory=device.type == "cuda")
     detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=amp, channels_last=channels_last)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
-from .box_coder import BoxCoder
+from .postprocess import Postprocessor
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -40,20 +40,15 @@ class ExportableSSD(nn.Module):
     With decoding: ``(boxes (N, M, 4) normalised ltrb, labels (N, M), scores (N, M))``,
     M = ``max_output``, by descending score; slots with score 0 are empty.
 
-    The decoding is :class:`~src.postprocess.Postprocessor`'s: softmax, the best
-    ``max_per_class`` boxes per class above ``score_threshold``, per-class NMS, the best
-    ``max_output`` per image.
+    The decoding is :class:`~src.postprocess.Postprocessor`'s own policy (its ``candidates`` and
+    ``select``, with fixed shapes), around ONNX's NonMaxSuppression instead of greedy_nms.
     """
 
-    def __init__(self, model, coder: BoxCoder, decode=False, score_threshold=0.05, nms_threshold=0.5,
-                 max_per_class=200, max_output=200):
+    def __init__(self, model, postprocess: Postprocessor, decode=False):
         super().__init__()
         self.model = model
         self.decode = decode
-        self.register_buffer("dboxes_xywh", coder.dboxes_xywh.clone())
-        self.coder = coder
-        self.score_threshold, self.nms_threshold = score_threshold, nms_threshold
-        self.max_per_class, self.max_output = max_per_class, max_output
+        self.postprocess = postprocess
 
     def forward(self, images):
         ploc, plabel = self.model(images)
@@ -62,18 +57,13 @@ class ExportableSSD(nn.Module):
         return self.detect(ploc, plabel)
 
     def detect(self, ploc, plabel):
-        n, num_classes, num_boxes = plabel.shape
-        k = min(self.max_per_class, num_boxes)
-        boxes = BoxCoder(self.dboxes_xywh).decode(ploc.transpose(1, 2))  # (N, B, 4)
-        scores = torch.softmax(plabel, dim=1)[:, 1:]  # (N, C-1, B)
-        top_scores, top_index = scores.topk(k, dim=2)  # (N, C-1, k)
-        cand = boxes.gather(1, top_index.reshape(n, -1, 1).expand(-1, -1, 4))  # (N, (C-1)*k, 4)
-        groups = cand.reshape(-1, k, 4)  # (N*(C-1), k, 4): one NMS group per (image, class)
-        selected = _NonMaxSuppression.apply(groups, top_scores.reshape(-1, 1, k), k, self.nms_threshold,
-                                            self.score_threshold)
-        keep = torch.zeros_like(top_scores).reshape(-1, k)  # (N*(C-1), k)
-        keep = keep.index_put((selected[:, 0], selected[:, 2]), torch.ones_like(selected[:, 0], dtype=keep.dtype))
-        kept_scores = (top_scores.reshape(-1, k) * keep).reshape(n, -1)  # (N, (C-1)*k)
-        out_scores, out_index = kept_scores.topk(min(self.max_output, kept_scores.shape[1]), dim=1)  # (N, M)
-        out_boxes = cand.gather(1, out_index.unsqueeze(-1).expand(-1, -1, 4)).clamp(0, 1)
-        return out_boxes, out_index // k + 1, out_scores
+        post = self.postprocess
+        boxes, scores, _ = post.candidates(ploc, plabel, trim=False)  # (N, L, k, 4), (N, L, k)
+        n, labels = scores.shape[:2]
+        k = min(post.max_per_class, plabel.shape[2])  # a constant of the graph, as ONNX's operator wants
+        # one NMS group per (image, label); ONNX's operator applies the score threshold itself
+        selected = _NonMaxSuppression.apply(boxes.reshape(-1, k, 4), scores.reshape(-1, 1, k), k,
+                                            post.nms_threshold, post.score_threshold)
+        keep = torch.zeros(n * labels, k, dtype=torch.bool, device=scores.device)
+        keep = keep.index_put((selected[:, 0], selected[:, 2]), torch.ones_like(selected[:, 0], dtype=torch.bool))
+        return post.select(boxes, scores, keep.view(n, labels, k))

@@ -28,18 +28,18 @@ class MultiBoxLoss(nn.Module):
         self.neg_pos_ratio = neg_pos_ratio
         self.empty_negatives = empty_negatives
 
-    def forward(self, ploc, plabel, gt_xywh, gt_labels) -> dict:
+    def forward(self, ploc, plabel, gt_cxcywh, gt_labels) -> dict:
         """
         :param ploc: (N, 4, B) predicted offsets
         :param plabel: (N, C, B) class logits
-        :param gt_xywh: (N, B, 4) matched boxes from :meth:`BoxCoder.match`, normalised xywh
+        :param gt_cxcywh: (N, B, 4) matched boxes from :meth:`BoxCoder.match`, normalised xywh
         :param gt_labels: (N, B) matched labels, 0 = background, -1 = ignored
         :return: ``{"loc", "cls", "total"}``, scalars averaged over the batch
         """
         positive = gt_labels > 0  # (N, B)
         num_pos = positive.sum(dim=1)  # (N,)
 
-        gt_offsets = self.coder.encode(gt_xywh).transpose(1, 2)  # (N, 4, B)
+        gt_offsets = self.coder.encode(gt_cxcywh).transpose(1, 2)  # (N, 4, B)
         loc = F.smooth_l1_loss(ploc.float(), gt_offsets, reduction="none").sum(dim=1)  # (N, B)
         loc = (loc * positive).sum(dim=1)  # (N,)
 

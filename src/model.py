@@ -11,6 +11,9 @@ from torchvision.models.mobilenetv2 import InvertedResidual
 
 from .specs import SSDSpec, get_spec
 
+# torchvision's ImageNet weights of each model's backbone
+BACKBONE_WEIGHTS = {"ssd": ResNet50_Weights.IMAGENET1K_V1, "ssdlite": MobileNet_V2_Weights.IMAGENET1K_V1}
+
 
 class ResNet50Backbone(nn.Module):
     """ResNet-50 up to ``layer3``, whose first block keeps stride 1: 38x38x1024 at 300x300."""
@@ -87,7 +90,7 @@ class SSD(nn.Module):
 
     def _build_ssd300(self, pretrained):
         spec = self.spec
-        self.feature_extractor = ResNet50Backbone(ResNet50_Weights.IMAGENET1K_V1 if pretrained else None)
+        self.feature_extractor = ResNet50Backbone(BACKBONE_WEIGHTS["ssd"] if pretrained else None)
         mids = (256, 256, 128, 128, 128)
         ch = spec.out_channels
         self.additional_blocks = nn.ModuleList(
@@ -100,7 +103,7 @@ class SSD(nn.Module):
 
     def _build_ssdlite(self, pretrained):
         spec = self.spec
-        self.feature_extractor = MobileNetV2Backbone(MobileNet_V2_Weights.IMAGENET1K_V1 if pretrained else None)
+        self.feature_extractor = MobileNetV2Backbone(BACKBONE_WEIGHTS["ssdlite"] if pretrained else None)
         ch = spec.out_channels
         expand = (0.2, 0.25, 0.5, 0.25)
         self.additional_blocks = nn.ModuleList(

@@ -235,6 +235,12 @@ class FolderLock:
         self.fd = fd
         return self
 
+    def __enter__(self) -> "FolderLock":
+        return self if self.fd is not None else self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
     def release(self):
         if self.fd is not None:
             os.ftruncate(self.fd, 0)  # empty: released cleanly

@@ -7,6 +7,12 @@ from .box_coder import BoxCoder
 class Postprocessor:
     """Turns ``(ploc, plabel)`` into detections, batched over images and classes.
 
+    The policy is written once: :meth:`candidates` (softmax, decode, the best ``max_per_class``
+    boxes of every (image, class) group above ``score_threshold``), an NMS step, and
+    :meth:`select` (the best ``max_output`` survivors of each image). ``__call__`` runs it with
+    :func:`greedy_nms`; the ONNX export runs the same two halves around ONNX's own
+    NonMaxSuppression (:mod:`src.export`).
+
     :param coder: the model's :class:`BoxCoder`
     :param score_threshold: minimum class probability of a candidate
     :param nms_threshold: IoU above which a lower-scored box of the same class is dropped
@@ -25,6 +31,47 @@ class Postprocessor:
         self.max_per_class = max_per_class
         self.max_output = max_output
 
+    @classmethod
+    def for_spec(cls, spec, device="cpu", **kwargs) -> "Postprocessor":
+        """The decoder of a model of architecture ``spec`` (its default boxes on ``device``)."""
+        return cls(BoxCoder.for_spec(spec, device), **kwargs)
+
+    def candidates(self, ploc, plabel, trim=True):
+        """The best ``max_per_class`` boxes of every (image, class) group, by descending score.
+
+        :param ploc: (N, 4, B) predicted offsets
+        :param plabel: (N, C, B) class logits, class 0 = background
+        :param trim: cut the groups to the longest run of scores above the threshold (fewer
+            boxes for NMS); False keeps the shapes fixed, as a traced graph needs
+        :return: ``(boxes (N, L, k, 4) normalised ltrb, scores (N, L, k), valid (N, L, k))``,
+            L = the labels decoded, ``valid`` the scores above the threshold
+        """
+        n, _, num_boxes = plabel.shape
+        boxes = self.coder.decode(ploc.float().transpose(1, 2))  # (N, B, 4)
+        scores = torch.softmax(plabel.float(), dim=1)[:, 1:][:, :self.num_labels]  # (N, L, B)
+        top_scores, top_index = scores.topk(min(self.max_per_class, num_boxes), dim=2)  # (N, L, k)
+        valid = top_scores > self.score_threshold
+        if trim:
+            k = max(int(valid.sum(2).max()), 1)  # no group has more candidates than this
+            top_scores, top_index, valid = top_scores[..., :k], top_index[..., :k], valid[..., :k]
+        labels, k = top_index.shape[1:]
+        cand = boxes.gather(1, top_index.reshape(n, -1, 1).expand(-1, -1, 4))  # (N, L * k, 4)
+        return cand.reshape(n, labels, k, 4), top_scores, valid
+
+    def select(self, boxes, scores, keep):
+        """The best ``max_output`` boxes that NMS kept, in each image.
+
+        :param boxes: (N, L, k, 4), ``scores`` (N, L, k) as :meth:`candidates` gives them
+        :param keep: (N, L, k) bool, the NMS survivors (valid ones only)
+        :return: ``(boxes (N, M, 4) clamped to [0, 1], labels (N, M) in 1..L, scores (N, M))``, M =
+            ``max_output``, by descending score; slots past the survivors have score 0
+        """
+        n, _, k = scores.shape
+        kept_scores = (scores * keep).flatten(1)  # (N, L * k)
+        best, where = kept_scores.topk(min(self.max_output, kept_scores.shape[1]), dim=1)  # (N, M)
+        best_boxes = boxes.flatten(1, 2).gather(1, where[..., None].expand(-1, -1, 4)).clamp(0, 1)  # (N, M, 4)
+        return best_boxes, where // k + 1, best
+
     @torch.no_grad()
     def __call__(self, ploc: torch.Tensor, plabel: torch.Tensor, out_device=None):
         """
@@ -34,26 +81,12 @@ class Postprocessor:
         :return: a list of N tuples ``(boxes (k, 4) normalised ltrb clamped to [0, 1],
             labels (k,) in 1..C-1, scores (k,))``, by descending score
         """
-        n, num_classes, num_boxes = plabel.shape
-        boxes = self.coder.decode(ploc.float().transpose(1, 2))  # (N, B, 4)
-        scores = torch.softmax(plabel.float(), dim=1)[:, 1:][:, :self.num_labels]  # (N, C-1, B) or fewer labels
-
-        # the best max_per_class boxes of every (image, class) group, by descending score
-        top_scores, top_index = scores.topk(min(self.max_per_class, num_boxes), dim=2)  # (N, C-1, k)
-        valid = top_scores > self.score_threshold
-        k = max(int(valid.sum(2).max()), 1)  # no group has more candidates than this
-        top_scores, top_index, valid = top_scores[..., :k], top_index[..., :k], valid[..., :k]
-        cand = boxes[torch.arange(n, device=boxes.device)[:, None, None], top_index]  # (N, C-1, k, 4)
-        keep = greedy_nms(cand.flatten(0, 1), valid.flatten(0, 1), self.nms_threshold)  # (N * (C-1), k)
-
-        # the best max_output survivors of each image
-        kept_scores = top_scores.masked_fill(~keep.view_as(valid), -1).flatten(1)  # (N, (C-1) * k)
-        best, where = kept_scores.topk(min(self.max_output, kept_scores.shape[1]), dim=1)  # (N, M)
-        best_boxes = cand.flatten(1, 2).gather(1, where[..., None].expand(-1, -1, 4)).clamp(0, 1)  # (N, M, 4)
-        best_labels = where // k + 1
+        boxes, scores, valid = self.candidates(ploc, plabel)
+        keep = greedy_nms(boxes.flatten(0, 1), valid.flatten(0, 1), self.nms_threshold)  # (N * L, k)
+        best_boxes, best_labels, best = self.select(boxes, scores, keep.view_as(valid))
         if out_device is not None:
             best_boxes, best_labels, best = (t.to(out_device) for t in (best_boxes, best_labels, best))
-        counts = (best >= 0).sum(1).tolist()  # the survivors come first: the others scored -1
+        counts = (best > 0).sum(1).tolist()  # the survivors come first: the empty slots scored 0
         return [(b[:c], lab[:c], s[:c]) for b, lab, s, c in zip(best_boxes, best_labels, best, counts)]
 
 
@@ -84,10 +117,10 @@ def greedy_nms(boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float,
 
 def _overlaps(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """(G, k, k) bool: IoU(box i, box j) > threshold, within each group of (G, k, 4) ltrb boxes."""
-    l, t, r, b = boxes[..., None].unbind(-2)  # each (G, k, 1)
-    lt, tt, rt, bt = (v.transpose(1, 2) for v in (l, t, r, b))  # each (G, 1, k)
-    inter = torch.minimum(r, rt).sub_(torch.maximum(l, lt)).clamp_(min=0)  # (G, k, k) widths
-    inter.mul_(torch.minimum(b, bt).sub_(torch.maximum(t, tt)).clamp_(min=0))
+    left, top, right, bottom = boxes[..., None].unbind(-2)  # each (G, k, 1)
+    left_t, top_t, right_t, bottom_t = (v.transpose(1, 2) for v in (left, top, right, bottom))  # each (G, 1, k)
+    inter = torch.minimum(right, right_t).sub_(torch.maximum(left, left_t)).clamp_(min=0)  # (G, k, k) widths
+    inter.mul_(torch.minimum(bottom, bottom_t).sub_(torch.maximum(top, top_t)).clamp_(min=0))
     # IoU > t  <=>  inter > t / (1 + t) * (area_i + area_j): no division, no union tensor
-    scaled_area = (r - l).clamp(min=0) * (b - t).clamp(min=0) * (iou_threshold / (1 + iou_threshold))
+    scaled_area = (right - left).clamp(min=0) * (bottom - top).clamp(min=0) * (iou_threshold / (1 + iou_threshold))
     return inter > scaled_area + scaled_area.transpose(1, 2)

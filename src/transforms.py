@@ -23,7 +23,8 @@ def _normalize():
 class SSDAugmentation:
     """The training transform: zoom-out (up to ``zoom_out`` x; 1 turns it off), IoU-constrained
     crop, flip and resize to ``size`` in one resampling, photometric distortion on the small
-    image (its ranges scaled by ``photometric``; 0 turns it off), normalisation. See
+    image (its ranges scaled by ``photometric``; 0 turns it off), normalisation. ``crop`` names
+    the crop search (:data:`src.augment.CROP_RULES`: "paper" or "nvidia"). See
     :mod:`src.augment` for why this is not a ``v2.Compose``.
 
     Takes and returns ``(image, target)``: a uint8 (3, H, W) image and ``target["boxes"]``
@@ -32,15 +33,17 @@ class SSDAugmentation:
     1 pixel wide and high (the others are dropped with their labels).
     """
 
-    def __init__(self, size: int = 300, zoom_out: float = 1.0, min_ious=IOU_CROP_OPTIONS, photometric=1.0):
+    def __init__(self, size: int = 300, zoom_out: float = 1.0, min_ious=IOU_CROP_OPTIONS, photometric=1.0,
+                 crop: str = "paper"):
         self.size, self.zoom_out, self.min_ious, self.photometric = size, zoom_out, min_ious, photometric
+        self.crop_rule = augment.CROP_RULES[crop]
         self.fill = [round(255 * m) for m in IMAGENET_MEAN]
         self.normalize = v2.Compose(_normalize())
 
     def __call__(self, image, target):
         h, w = image.shape[-2:]
         boxes = target["boxes"].as_subclass(torch.Tensor)
-        g = augment.sample_geometry(boxes, h, w, self.zoom_out, self.min_ious)
+        g = augment.sample_geometry(boxes, h, w, self.zoom_out, self.min_ious, self.crop_rule)
         pixels = augment.render(image.as_subclass(torch.Tensor), g, self.size, self.fill)
         if self.photometric > 0:
             pixels = augment.photometric_distort(pixels, self.photometric)
@@ -54,9 +57,9 @@ class SSDAugmentation:
         return self.normalize(image), out
 
 
-def train_transforms(size: int = 300, zoom_out: float = 1.0, photometric: float = 1.0) -> SSDAugmentation:
+def train_transforms(size: int = 300, zoom_out: float = 1.0, photometric: float = 1.0, crop: str = "paper"):
     """The SSD paper's augmentation; see :class:`SSDAugmentation`."""
-    return SSDAugmentation(size, zoom_out, photometric=photometric)
+    return SSDAugmentation(size, zoom_out, photometric=photometric, crop=crop)
 
 
 def val_transforms(size: int = 300) -> v2.Compose:

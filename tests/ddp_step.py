@@ -15,8 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from src.box_coder import BoxCoder  # noqa: E402
 from src.default_boxes import default_boxes  # noqa: E402
-from src.distributed import init_distributed, cleanup  # noqa: E402
-from src.engine import train_step  # noqa: E402
+from src.distributed import cleanup, init_distributed  # noqa: E402
+from src.engine import Step, train_step  # noqa: E402
 from src.loss import MultiBoxLoss  # noqa: E402
 from src.model import build_model  # noqa: E402
 from src.optim import param_groups  # noqa: E402
@@ -47,7 +47,7 @@ def main(out):
     images, targets = fixed_batch()
     per = GLOBAL_BATCH // world
     mine = slice(rank * per, (rank + 1) * per)
-    train_step(net, criterion, optimizer, None, images[mine], targets[mine], device)
+    train_step(net, criterion, images[mine], targets[mine], Step(optimizer, None, device))
     if rank == 0:
         torch.save({"grads": {n: p.grad for n, p in model.named_parameters()},
                     "weights": model.state_dict()}, out)

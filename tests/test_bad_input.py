@@ -17,22 +17,38 @@ import sys
 
 import cv2
 import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from src.cli import run_cli
+from src.model import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def training_checkpoint(path):
+    """A checkpoint in train.py's form, of an untrained SSDLite on the toy categories (made in
+    this process: the table needs no training)."""
+    torch.manual_seed(0)
+    model = build_model("ssdlite", 5)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "lr_scheduler": {}, "scaler": None,
+                "epoch": 1, "iteration": 3, "progress": None, "rng": [], "model_name": "ssdlite", "num_classes": 5,
+                "category_ids": [2, 5, 9, 14], "category_names": ["circle", "square", "triangle", "cross"],
+                "best_map": 0.0, "history": [], "args": {}}, path)
+
+
 @pytest.fixture(scope="session")
-def template(toy_root, ours, tmp_path_factory):
+def template(toy_root, tmp_path_factory):
     """What every case starts from: the toy set, a checkpoint, a photo, a clip, a save folder
     holding a training checkpoint, and a TensorBoard folder."""
     root = tmp_path_factory.mktemp("template")
     shutil.copytree(toy_root, root / "toy")
-    shutil.copy(ours, root / "ckpt.pth")
-    shutil.copytree(os.path.join(os.path.dirname(ours), "tb"), root / "tb")
+    training_checkpoint(root / "ckpt.pth")
+    with SummaryWriter(str(root / "tb")) as writer:
+        writer.add_scalar("train/loss", 1.0, 0)
     (root / "save").mkdir()
-    shutil.copy(ours, root / "save" / "ssdlite.pth")
+    shutil.copy(root / "ckpt.pth", root / "save" / "ssdlite.pth")
     val = root / "toy" / "val2017"
     shutil.copy(val / sorted(os.listdir(val))[0], root / "photo.jpg")
     writer = cv2.VideoWriter(str(root / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5, (320, 240))
@@ -196,6 +212,16 @@ CASES = [
     # flags out of range, refused by argparse (exit status 2)
     ("device-unknown", "test_image.py", [*IMAGE, "--device", "foo"], None, 2, "not a device"),
     ("cls-threshold-above-1", "test_image.py", [*IMAGE, "--cls-threshold", "1.5"], None, 2, r"not in \[0, 1\]"),
+    ("batch-size-zero", "test_dataset.py", [*DATASET, "--batch-size", "0"], None, 2, "below 1"),
+    ("workers-negative", "train.py", [*TRAIN_ARGS, "--save-folder", "{box}/s", "--num-workers", "-1"], None, 2,
+     "below 0"),
+    ("warmup-negative", "train.py", [*TRAIN_ARGS, "--save-folder", "{box}/s", "--warmup", "-5"], None, 2,
+     "below 0"),
+    ("epochs-not-a-number", "train.py", [*TRAIN_ARGS, "--save-folder", "{box}/s", "--epochs", "two"], None, 2,
+     "not an integer"),
+    ("image-batch-size-zero", "test_image.py", [*IMAGE, "--batch-size", "0"], None, 2, "below 1"),
+    ("video-batch-size-zero", "test_video.py", [*VIDEO, "--batch-size", "0"], None, 2, "below 1"),
+    ("benchmark-repeats-zero", "benchmark.py", ["--repeats", "0"], None, 2, "below 1"),
     ("nms-threshold-negative", "test_video.py", [*VIDEO, "--nms-threshold", "-0.1"], None, 2, r"not in \[0, 1\]"),
     ("draw-threshold-nan", "test_dataset.py", [*DATASET, "--draw-threshold", "nan"], None, 2, "not a finite"),
     ("lr-negative", "train.py", [*TRAIN_ARGS, "--save-folder", "{box}/s", "--lr", "-1"], None, 2, "not above 0"),
@@ -218,6 +244,9 @@ CASES = [
      "a folder this command reads"),
     ("dataset-output-is-a-file", "test_dataset.py", [*DATASET, "--output", "{box}/photo.jpg"], None, 1,
      "is a file, not a folder"),
+    ("dataset-output-unwritable", "test_dataset.py", [*DATASET, "--output", "/proc/ssd_pictures"], None, 1,
+     "cannot write in --output"),
+    ("dataset-checkpoint-other-architecture", "test_dataset.py", [*DATASET, "--model", "ssd"], None, 1, "not ssd"),
     ("dataset-missing", "test_dataset.py", [*DATASET[:2], "--data-path", "{box}/nowhere"], None, 1, "not found"),
     ("annotations-are-a-folder", "test_dataset.py", [*DATASET[:2], "--annotations", "{box}/toy", "--images",
                                                       "{box}/toy/val2017"], None, 1, "is a folder, not a JSON"),
@@ -244,6 +273,12 @@ CASES = [
      None, 1, "is a folder"),
     ("video-camera-absent", "test_video.py", ["--pretrained-model", "{box}/ckpt.pth", "--input", "7", "--output",
                                               "{box}/cam.mp4"], None, 1, "cannot open camera 7"),
+    ("video-input-not-a-video", "test_video.py",
+     ["--pretrained-model", "{box}/ckpt.pth", "--input", "{box}/text.txt", "--output", "{box}/o.mp4"], text_file, 1,
+     "cannot open .* as a video"),
+    ("video-checkpoint-truncated", "test_video.py",
+     ["--pretrained-model", "{box}/cut.pth", "--input", "{box}/clip.mp4"], truncated_checkpoint, 1,
+     "truncated or corrupt"),
     ("video-output-not-a-video-name", "test_video.py", [*VIDEO, "--output", "{box}/out.txt"], None, 1, ".mp4 or .avi"),
     # export_onnx.py
     ("export-onto-the-checkpoint", "export_onnx.py", [*EXPORT, "--output", "{box}/ckpt.pth"], None, 1, "is an input"),
@@ -317,6 +352,7 @@ def test_there_are_at_least_forty_cases_across_every_script():
                                      "export_onnx.py", "plot_logs.py", "demo.py", "benchmark.py"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", ["image-json-onto-the-photo", "lr-nan", "train-images-folder-missing"])
 def test_the_table_holds_in_a_real_process(case_id, sandbox):
     _, script, argv, setup, status, message = next(c for c in CASES if c[0] == case_id)

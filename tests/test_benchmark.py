@@ -4,6 +4,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves this file out
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -5,6 +5,7 @@ from src.box_coder import BoxCoder, batched_box_iou, pad_targets
 from src.default_boxes import default_boxes
 from src.specs import SSDLITE
 
+
 def coder():
     return BoxCoder(default_boxes(SSDLITE))
 
@@ -25,12 +26,12 @@ def test_encode_decode_round_trip():
     c = coder()
     g = torch.Generator().manual_seed(1)
     gt = random_boxes(5, g)
-    boxes_xywh, labels = c.match_one(gt, torch.tensor([1, 2, 3, 4, 1]))
-    offsets = c.encode(boxes_xywh)
+    boxes_cxcywh, labels = c.match_one(gt, torch.tensor([1, 2, 3, 4, 1]))
+    offsets = c.encode(boxes_cxcywh)
     decoded = c.decode(offsets)  # (B, 4) ltrb
     positive = labels > 0
     assert positive.sum() >= 5
-    torch.testing.assert_close(decoded, box_convert(boxes_xywh, "cxcywh", "xyxy"), atol=1e-5, rtol=0)
+    torch.testing.assert_close(decoded, box_convert(boxes_cxcywh, "cxcywh", "xyxy"), atol=1e-5, rtol=0)
     # every positive default box decodes to one of the ground-truth boxes
     iou_with_gt = box_iou(decoded[positive], gt).max(dim=1).values
     torch.testing.assert_close(iou_with_gt, torch.ones_like(iou_with_gt), atol=1e-4, rtol=0)
@@ -56,17 +57,17 @@ def test_match_batched_equals_single_and_handles_empty():
     assert boxes.shape == (3, c.num_boxes, 4) and labels.shape == (3, c.num_boxes)
     for i, t in enumerate(targets):
         if len(t["labels"]):
-            b, l = c.match_one(t["boxes"], t["labels"])
+            b, lab = c.match_one(t["boxes"], t["labels"])
         else:
-            b, l = c.dboxes_xywh, torch.zeros(c.num_boxes, dtype=torch.long)
-        assert torch.equal(labels[i], l)
+            b, lab = c.dboxes_cxcywh, torch.zeros(c.num_boxes, dtype=torch.long)
+        assert torch.equal(labels[i], lab)
         torch.testing.assert_close(boxes[i], b)
 
 
 def test_match_one_without_ground_truth():
     c = coder()
     boxes, labels = c.match_one(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
-    assert labels.eq(0).all() and torch.equal(boxes, c.dboxes_xywh)
+    assert labels.eq(0).all() and torch.equal(boxes, c.dboxes_cxcywh)
 
 
 def test_pad_targets_shapes():

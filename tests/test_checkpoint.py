@@ -3,9 +3,15 @@ import os
 import pytest
 import torch
 
+from src.checkpoint import (
+    infer_model_name,
+    infer_num_classes,
+    load_model_weights,
+    model_state_dict,
+    read_checkpoint,
+    save_atomic,
+)
 from src.errors import CheckpointError
-from src.checkpoint import (infer_model_name, infer_num_classes, load_model_weights,
-                            model_state_dict, read_checkpoint, save_atomic)
 from src.model import build_model
 
 

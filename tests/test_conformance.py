@@ -1,4 +1,5 @@
 """Our models, default boxes, encoder, loss and decoder against the reference conformance kit."""
+# the kit names centre-format boxes "xywh"; they are cxcywh here
 import pytest
 import torch
 

@@ -215,7 +215,7 @@ def test_an_image_of_another_size_keeps_its_boxes_scaled_and_says_so(tmp_path):
 
 
 def test_every_epoch_and_sample_draws_its_own_augmentation_seed():
-    from src.dataset import ResumableSampler
+    from src.resume import ResumableSampler
     data = list(range(8))
     a = ResumableSampler(data, num_replicas=2, rank=0, shuffle=True, seed=3)
     b = ResumableSampler(data, num_replicas=2, rank=1, shuffle=True, seed=3)

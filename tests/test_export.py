@@ -16,7 +16,6 @@ from src.model import build_model
 from src.postprocess import Postprocessor
 from src.specs import SSDLITE
 
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -27,6 +26,7 @@ def export(ckpt, out, *flags):
     return ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ssd", "ssdlite"])
 def test_raw_outputs_match_pytorch(name, kit_state_dict, tmp_path):
     ckpt = tmp_path / "published.pth"
@@ -69,11 +69,11 @@ def as_sets(boxes, labels, scores):
 def test_graph_decoding_equals_the_postprocessor():
     coder = BoxCoder(default_boxes(SSDLITE))
     ploc, plabel = hot_outputs(3, 6, seed=1)
-    module = ExportableSSD(None, coder, decode=True)
+    module = ExportableSSD(None, Postprocessor(coder), decode=True)
     boxes, labels, scores = module.detect(ploc, plabel)
-    for i, (b, l, s) in enumerate(Postprocessor(coder)(ploc, plabel)):
+    for i, (b, lab, s) in enumerate(Postprocessor(coder)(ploc, plabel)):
         assert as_sets(boxes[i].numpy(), labels[i].numpy(), scores[i].numpy()) == \
-            as_sets(b.numpy(), l.numpy(), s.numpy())
+            as_sets(b.numpy(), lab.numpy(), s.numpy())
 
 
 class FixedHeads(torch.nn.Module):
@@ -89,20 +89,22 @@ class FixedHeads(torch.nn.Module):
         return self.ploc[:n] + 0 * images.mean(), self.plabel[:n]
 
 
+@pytest.mark.slow
 def test_onnxruntime_decoding_gives_the_same_detections(tmp_path):
     coder = BoxCoder(default_boxes(SSDLITE))
     ploc, plabel = hot_outputs(2, 6, seed=2)
-    module = ExportableSSD(FixedHeads(ploc, plabel), coder, decode=True).eval()
+    module = ExportableSSD(FixedHeads(ploc, plabel), Postprocessor(coder), decode=True).eval()
     x = torch.zeros(2, 3, 300, 300)
     from export_onnx import export as export_graph
     export_graph(module, str(tmp_path / "d.onnx"), decode=True, opset=17)
     session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
     boxes, labels, scores = session.run(None, {"images": x.numpy()})
     expected = Postprocessor(coder)(ploc, plabel)
-    for i, (b, l, s) in enumerate(expected):
-        assert as_sets(boxes[i], labels[i], scores[i]) == as_sets(b.numpy(), l.numpy(), s.numpy())
+    for i, (b, lab, s) in enumerate(expected):
+        assert as_sets(boxes[i], labels[i], scores[i]) == as_sets(b.numpy(), lab.numpy(), s.numpy())
 
 
+@pytest.mark.slow
 def test_full_export_with_nms_runs_on_a_checkpoint(tmp_path):
     ckpt = tmp_path / "lite.pth"
     torch.save({"model": build_model("ssdlite", 5).state_dict()}, ckpt)

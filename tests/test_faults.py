@@ -11,11 +11,13 @@ import time
 
 import pytest
 import torch
+from test_train import PY, ROOT, TORCHRUN, ckpt, free_port, run, train_cmd, wait_for
 
 from src.checkpoint import read_checkpoint, save_atomic
 from src.errors import CheckpointError
 from src.model import build_model
-from test_train import PY, ROOT, TORCHRUN, ckpt, free_port, run, train_cmd, wait_for
+
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves this file out
 
 
 def one_error_line(result, prog="train.py"):

@@ -32,11 +32,11 @@ def test_images_without_positives_count_zero():
 def test_perfect_prediction_has_low_loss_and_hard_negatives_are_three_per_positive():
     coder, loss_fn = setup()
     b = coder.num_boxes
-    gt_xywh, gt_labels = coder.match_one(torch.tensor([[0.2, 0.2, 0.6, 0.7]]), torch.tensor([3]))
-    ploc = coder.encode(gt_xywh).T[None]  # (1, 4, B)
+    gt_cxcywh, gt_labels = coder.match_one(torch.tensor([[0.2, 0.2, 0.6, 0.7]]), torch.tensor([3]))
+    ploc = coder.encode(gt_cxcywh).T[None]  # (1, 4, B)
     plabel = torch.full((1, 5, b), -10.0)
     plabel[0, gt_labels, torch.arange(b)] = 10.0
-    out = loss_fn(ploc, plabel, gt_xywh[None], gt_labels[None])
+    out = loss_fn(ploc, plabel, gt_cxcywh[None], gt_labels[None])
     assert out["loc"].item() < 1e-6 and out["cls"].item() < 1e-3
 
     num_pos = int((gt_labels > 0).sum())
@@ -66,13 +66,13 @@ def test_an_image_without_objects_teaches_its_hardest_negatives():
 def test_ignored_boxes_are_never_negatives():
     coder = BoxCoder(default_boxes(SSDLITE))
     b = coder.num_boxes
-    gt_xywh, labels = coder.match_one(torch.tensor([[0.1, 0.1, 0.3, 0.3]]), torch.tensor([1]))
+    gt_cxcywh, labels = coder.match_one(torch.tensor([[0.1, 0.1, 0.3, 0.3]]), torch.tensor([1]))
     ignored = torch.zeros(b, dtype=torch.bool)
     ignored[-500:] = True  # say, a crowd in the corner
     labels = labels.masked_fill(ignored & (labels == 0), -1)
     plabel = torch.zeros(1, 5, b)
     plabel[0, 1:, ignored] = 20.0  # the ignored boxes look like objects: the hardest "negatives" if counted
     plabel.requires_grad_(True)
-    out = MultiBoxLoss(coder)(torch.zeros(1, 4, b), plabel, gt_xywh[None], labels[None])
+    out = MultiBoxLoss(coder)(torch.zeros(1, 4, b), plabel, gt_cxcywh[None], labels[None])
     out["total"].backward()
     assert plabel.grad[0][:, ignored].abs().sum() == 0

@@ -14,12 +14,14 @@ from src.box_coder import BoxCoder
 from src.coco_eval import coco_evaluate
 from src.dataset import CocoDetection, coco_paths, collate
 from src.default_boxes import default_boxes
-from src.engine import train_step
+from src.engine import Step, train_step
 from src.loss import MultiBoxLoss
 from src.model import build_model
 from src.optim import param_groups, warmup_multistep
 from src.specs import SSDLITE
 from src.transforms import val_transforms
+
+pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves this file out
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -68,12 +70,11 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(toy_root):
     model = build_model("ssdlite", ds.num_classes).train()
     criterion = MultiBoxLoss(BoxCoder(default_boxes(SSDLITE)))
     optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=0.01, momentum=0.9)
-    scheduler = warmup_multistep(optimizer, 10, 0, [])
+    step = Step(optimizer, warmup_multistep(optimizer, 10, 0, []), torch.device("cpu"))
     losses = []
     for _ in range(8):
-        losses.append(train_step(model, criterion, optimizer, None, images, targets, torch.device("cpu"))["total"]
-                      .item())
-        scheduler.step()
+        losses.append(train_step(model, criterion, images, targets, step)["total"].item())
+        step.lr_scheduler.step()
     assert losses[-1] < 0.7 * losses[0], losses
 
 

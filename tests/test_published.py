@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 import torch
+from test_train import ROOT, ckpt, run, train_cmd
 
 from src.errors import CheckpointError, UserError
-from src.weights import PUBLISHED, resolve_checkpoint
-from test_train import ROOT, ckpt, run, train_cmd
+from src.published import PUBLISHED, resolve_checkpoint
 
 
 @pytest.fixture()
@@ -47,6 +47,7 @@ def test_original_weights_without_gdown_print_the_manual_steps(hub_dir, monkeypa
         resolve_checkpoint("original")
 
 
+@pytest.mark.slow
 def test_finetune_from_an_81_class_checkpoint_onto_three_classes(toy_root, tmp_path, kit_state_dict):
     data = tmp_path / "three"
     shutil.copytree(toy_root, data)
@@ -62,7 +63,7 @@ def test_finetune_from_an_81_class_checkpoint_onto_three_classes(toy_root, tmp_p
     save = tmp_path / "save"
     result = run(train_cmd(str(data), save, "--finetune-from", str(published), eval_every=1))
     assert result.returncode == 0, result.stderr
-    line = next(l for l in result.stdout.splitlines() if l.startswith("Fine-tuning from"))
+    line = next(x for x in result.stdout.splitlines() if x.startswith("Fine-tuning from"))
     skipped = line.split(": ", 1)[1].split(", ")
     assert skipped == [f"conf.{i}.3.{p}" for i in range(6) for p in ("weight", "bias")]
     c = ckpt(save)
