@@ -23,6 +23,7 @@ import warnings
 
 import cv2
 import torch
+import torch.utils.benchmark as benchmark_utils
 from PIL import Image
 from torchvision import transforms as T
 from torchvision import tv_tensors
@@ -41,7 +42,7 @@ from src.loss import MultiBoxLoss
 from src.model import build_model
 from src.optim import param_groups
 from src.outputs import OutputGuard
-from src.postprocess import Postprocessor
+from src.postprocess import NMS_METHODS, Postprocessor
 from src.specs import MODEL_NAMES, get_spec
 from src.toy_dataset import write_split
 from src.transforms import IMAGENET_MEAN, IMAGENET_STD, IOU_CROP_OPTIONS, train_transforms, val_transforms
@@ -65,6 +66,7 @@ def get_args_parser():
     p.add_argument("--data", default=None, help="a toy set at 640x480 (made in a temporary folder if absent)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile for the training step")
     p.add_argument("--json", default="benchmark.json")
+    p.add_argument("--table", default=None, help="also write the rows as a short text table here")
     return p
 
 
@@ -102,20 +104,23 @@ def synthetic_batch(batch, device, seed=0):
 
 
 def bench_train(args, device, rows):
+    """Training steps at each batch size: fp32, AMP, AMP + channels-last, and with --compile
+    AMP + channels-last + torch.compile (at the first batch size only: compiling takes minutes)."""
     sizes = args.batch_sizes or ([32, 64] if device.type == "cuda" else [4, 8])
+    configs = [(False, False), (True, False), (True, True)]  # (amp, channels_last)
     for name in args.models:
-        for amp in [False, True]:
-            for channels_last in ([False, True] if amp else [False]):
-                for compiled in ([False, True] if args.compile else [False]):
-                    for batch in sizes:
-                        rows.append(_train_row(name, batch, amp, channels_last, compiled, device, args.repeats))
-                        print_row(rows[-1])
+        for amp, channels_last in configs:
+            for batch in sizes:
+                rows.append(_train_row(name, batch, amp, channels_last, False, device, args.repeats))
+                print_row(rows[-1])
+        if args.compile:
+            rows.append(_train_row(name, sizes[0], True, True, True, device, args.repeats))
+            print_row(rows[-1])
         if device.type == "cuda":  # the best setting again, with cudnn.benchmark off
             torch.backends.cudnn.benchmark = False
-            for batch in sizes:
-                rows.append({**_train_row(name, batch, True, True, False, device, args.repeats),
-                             "cudnn_benchmark": False})
-                print_row(rows[-1])
+            rows.append({**_train_row(name, sizes[0], True, True, False, device, args.repeats),
+                         "cudnn_benchmark": False})
+            print_row(rows[-1])
             torch.backends.cudnn.benchmark = True
 
 
@@ -199,14 +204,52 @@ def loop_nms_decode(ploc, plabel, coder, score_threshold=0.05, nms_threshold=0.5
     return results
 
 
+def decode_profiles(device):
+    """SSD300 head outputs (81 classes) of three kinds, 8 images each: a trained model's many
+    candidates, a sparse few (most boxes clearly background), and every (image, class) group full."""
+    ploc, trained = realistic_outputs(8, device)
+    g = torch.Generator().manual_seed(1)
+    sparse = torch.randn(trained.shape, generator=g)
+    sparse[:, 0] += 6.0
+    hot = torch.randint(0, trained.shape[2], (8, 60), generator=g)
+    for i in range(8):
+        sparse[i, torch.randint(1, 81, (60,), generator=g), hot[i]] += 12.0
+    full = torch.randn(trained.shape, generator=g)
+    full[:, 0] -= 6.0  # every class scores above the threshold on every box
+    return ploc, {"trained-model": trained, "sparse": sparse.to(device), "every group full": full.to(device)}
+
+
+def timer_ms(fn, threads, min_run_time):
+    """Median milliseconds of ``fn()`` by torch.utils.benchmark (it synchronises CUDA and sets the threads)."""
+    return 1000 * benchmark_utils.Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(
+        min_run_time=min_run_time).median
+
+
 def bench_decode(args, device, rows):
+    """Decoding 8 images, each NMS method on the same candidates, against torchvision's two ways and
+    a Python while-loop; the whole decoding (softmax, top-k, NMS, selection) with each."""
+    ploc, profiles = decode_profiles(device)
+    threads = [1, torch.get_num_threads()] if device.type == "cpu" else [1]
+    budget = 0.3 * args.repeats  # seconds of timing per figure
+    for profile, plabel in profiles.items():
+        post = Postprocessor.for_spec(get_spec("ssd"), device)
+        boxes, scores, valid = post.candidates(ploc, plabel)
+        groups = (boxes.flatten(0, 1), scores.flatten(0, 1), valid.flatten(0, 1), 0.5)
+        for n_threads in sorted(set(threads)):
+            row = {"section": "decode", "profile": profile, "threads": n_threads,
+                   "candidates_per_image": int(valid.sum()) // 8, "groups_with_candidates": int(valid.any(1).sum())}
+            for name, method in NMS_METHODS.items():
+                row[f"nms_ms_per_image[{name}]"] = timer_ms(lambda: method(*groups), n_threads, budget) / 8
+                whole = Postprocessor.for_spec(get_spec("ssd"), device, nms=name)
+                row[f"decode_ms_per_image[{name}]"] = timer_ms(lambda: whole(ploc, plabel), n_threads, budget) / 8
+            row["fastest"] = min(NMS_METHODS, key=lambda m: row[f"decode_ms_per_image[{m}]"])
+            rows.append(row)
+            print_row(row)
     post = Postprocessor.for_spec(get_spec("ssd"), device)
-    coder = post.coder
-    ploc, plabel = realistic_outputs(8, device)
-    ours = median_time(lambda: post(ploc, plabel), device, args.repeats) / 8
-    base = median_time(lambda: loop_nms_decode(ploc[:2], plabel[:2], coder), device, args.repeats, warmup=0) / 2
-    above = int((torch.softmax(plabel, 1)[:, 1:] > 0.05).sum()) // 8
-    rows.append({"section": "decode", "model": "ssd", "batch": 8, "candidates_per_image": above,
+    ploc, plabel = ploc[:2], profiles["trained-model"][:2]
+    base = median_time(lambda: loop_nms_decode(ploc, plabel, post.coder), device, args.repeats, warmup=0) / 2
+    ours = median_time(lambda: post(ploc, plabel), device, args.repeats) / 2
+    rows.append({"section": "decode", "profile": "trained-model, against a Python while-loop NMS",
                  "ms_per_image": 1000 * ours, "baseline_ms_per_image": 1000 * base, "speedup": base / ours})
     print_row(rows[-1])
 
@@ -433,8 +476,7 @@ def _current_rss_mb():
 
 
 def print_row(row):
-    cells = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if v is not None]
-    print("  ".join(cells), flush=True)
+    print("  ".join(_cell(k, v) for k, v in row.items() if v is not None), flush=True)
 
 
 def machine(device):
@@ -448,7 +490,7 @@ def machine(device):
 
 def main(args):
     guard = OutputGuard([args.data] if args.data else [])
-    guard.file(args.json, "--json")
+    guard.files([args.json] + ([args.table] if args.table else []), "--json/--table")
     guard.claim()
     if args.data:
         coco_paths_exist(args.data)
@@ -464,8 +506,26 @@ def main(args):
             benches[section](args, device, rows)
     with open(args.json, "w") as f:
         json.dump({"machine": machine(device), "settings": vars(args), "results": rows}, f, indent=1)
-    guard.record([args.json])
-    print(f"written to {args.json}")
+    if args.table:
+        with open(args.table, "w") as f:
+            f.write(text_table(machine(device), rows))
+    guard.record([args.json, args.table])
+    print(f"written to {args.json}" + (f" and {args.table}" if args.table else ""))
+
+
+def text_table(info: dict, rows: list[dict]) -> str:
+    """The rows, one line each under their section, after one line naming the machine."""
+    lines = [" ".join(f"{k}={v}" for k, v in info.items())]
+    for section in SECTIONS:
+        mine = [r for r in rows if r["section"] == section]
+        if mine:
+            lines += ["", f"[{section}]"] + ["  ".join(_cell(k, v) for k, v in r.items() if k != "section" and
+                                                      v is not None) for r in mine]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(key, value):
+    return f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
 
 
 def coco_paths_exist(root):

@@ -30,6 +30,7 @@ from src.errors import ImageReadError, UserError
 from src.outputs import OutputGuard
 from src.postprocess import Postprocessor
 from src.published import local_path
+from src.stopwatch import Stopwatch, process_age
 from src.transforms import val_transforms
 
 
@@ -46,6 +47,9 @@ def get_args_parser():
     p.add_argument("--json", help="write the detections here in COCO results format")
     p.add_argument("--output", help="also draw every image's detections into this folder")
     p.add_argument("--draw-threshold", type=fraction, default=0.3, help="minimum score drawn with --output")
+    p.add_argument("--timings", action="store_true",
+                   help="print where the time went: start-up, checkpoint, annotations, reading, forward, decoding, "
+                        "COCOeval, writing")
     p.add_argument("--max-bad-images", type=fraction, default=0.05,
                    help="share of the listed images that may be missing before it is an error")
     return p
@@ -98,6 +102,8 @@ def render(dataset, results, ids, names, pictures, min_score, rank, world_size) 
 
 def main(args):
     rank, _, world_size, device = init_distributed(args.device)
+    watch = Stopwatch(device)
+    watch.add("start-up", process_age())  # the interpreter and the imports
     checkpoint = checkpoint_from_args(args)
     annotations, images = data_paths(args)
     guard = OutputGuard([annotations, images, local_path(checkpoint)])
@@ -105,17 +111,19 @@ def main(args):
         guard.file(args.json, "--json")
     if args.output:
         guard.folder(args.output, "--output")
-    dataset = CocoDetection(images, annotations, val_transforms(), max_missing=args.max_bad_images)
+    with watch("annotations"):
+        dataset = CocoDetection(images, annotations, val_transforms(), max_missing=args.max_bad_images)
     if args.output:
         pictures = picture_paths(dataset, args.output)
         guard.add_inputs(dataset.image_path(i) for i in dataset.ids)
         guard.files(list(pictures.values()), "--output")
     guard.claim()
     # a checkpoint without categories (the original's, NVIDIA's) is read with the dataset's, in id order
-    model, ids, names = load_model(checkpoint, args.model,
-                                   categories=(dataset.category_ids, dataset.category_names))
+    with watch("checkpoint"):
+        model, ids, names = load_model(checkpoint, args.model,
+                                       categories=(dataset.category_ids, dataset.category_names))
+        model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
     check_categories(ids, dataset, checkpoint)
-    model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
     postprocess = Postprocessor.for_spec(model.spec, device, score_threshold=args.cls_threshold,
                                          nms_threshold=args.nms_threshold, num_labels=len(ids))
     if is_main_process():
@@ -126,16 +134,19 @@ def main(args):
     stats, results = evaluate(model, postprocess, dataset, device, ids,
                               batch_size=args.batch_size or eval_batch_size(device),
                               num_workers=args.num_workers, amp=args.amp, channels_last=True,
-                              rank=rank, world_size=world_size)
-    if args.json and is_main_process():
-        with open(args.json, "w") as f:
-            json.dump(results, f)
-        guard.record([args.json])
-        print(f"{len(results)} detections written to {args.json}")
-    if args.output:
-        guard.record(render(dataset, results, ids, names, pictures, args.draw_threshold, rank, world_size))
-        if is_main_process():
-            print(f"pictures written to {args.output}")
+                              rank=rank, world_size=world_size, watch=watch)
+    with watch("writing"):
+        if args.json and is_main_process():
+            with open(args.json, "w") as f:
+                json.dump(results, f)
+            guard.record([args.json])
+            print(f"{len(results)} detections written to {args.json}")
+        if args.output:
+            guard.record(render(dataset, results, ids, names, pictures, args.draw_threshold, rank, world_size))
+            if is_main_process():
+                print(f"pictures written to {args.output}")
+    if args.timings and is_main_process():
+        print(f"time: {watch.summary()}")
     cleanup()
     return stats
 

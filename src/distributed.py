@@ -7,7 +7,8 @@ import torch.distributed as dist
 
 
 def init_distributed(device_name: str, timeout_s: float = 600):
-    """Join the process group that torchrun (or torch.distributed.launch) describes.
+    """Join the process group that torchrun (or torch.distributed.launch) describes; without
+    them, a single process with no group.
 
     NCCL on CUDA, gloo on the CPU. A rank that dies makes the others fail within
     ``timeout_s`` instead of hanging.
@@ -16,11 +17,14 @@ def init_distributed(device_name: str, timeout_s: float = 600):
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    # torchrun (or the launch module) sets these; its one-process runs join a group too, so they
+    # use the same collectives (NCCL, gloo) as runs of many processes
+    launched = all(k in os.environ for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
     device = torch.device(device_name)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank if world_size > 1 else (device.index or 0))
+        device = torch.device("cuda", local_rank if launched else (device.index or 0))
         torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
+    if launched and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=device if device.type == "cuda" else None)

@@ -12,6 +12,7 @@ from .coco_eval import coco_evaluate, to_coco_results
 from .dataset import eval_loader
 from .distributed import all_reduce_sum, broadcast_object, gather_lists, is_main_process
 from .errors import DatasetError, NonFiniteLossError
+from .stopwatch import no_stopwatch
 
 
 def autocast(device: torch.device, amp: bool):
@@ -155,20 +156,28 @@ def _log_step(bar, writer, parts, optimizer, step, rate):
 
 
 @torch.no_grad()
-def predict(model, postprocess, loader, device, *, amp=False, channels_last=False, desc="eval"):
+def predict(model, postprocess, loader, device, *, amp=False, channels_last=False, desc="eval", watch=no_stopwatch):
     """Detections for every readable image of ``loader`` (this rank's shard); an image file
     that cannot be decoded (the loader gives a blank placeholder marked ``bad``) is left out.
 
+    :param watch: a :class:`~src.stopwatch.Stopwatch` to time reading, forward and decoding
     :return: ``(detections, image_ids, orig_sizes)``: per image ``(boxes (k, 4) normalised
         ltrb, labels (k,), scores (k,))`` on the CPU, its id and its (h, w)
     """
     model.eval()
     detections, image_ids, sizes, resized = [], [], [], 0
-    for images, targets in tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True):
+    batches = iter(tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True))
+    while True:
+        with watch("reading"):
+            images, targets = next(batches, (None, None))
+        if images is None:
+            break
         resized += sum(1 for t in targets if t.get("resized"))
-        with autocast(device, amp):
+        with watch("forward"), autocast(device, amp):
             ploc, plabel = model(to_input(images, device, channels_last))
-        for dets, target in zip(postprocess(ploc, plabel, out_device="cpu"), targets):
+        with watch("decoding"):
+            decoded = postprocess(ploc, plabel, out_device="cpu")
+        for dets, target in zip(decoded, targets):
             if not target.get("bad"):
                 detections.append(dets)
                 image_ids.append(target["image_id"])
@@ -180,7 +189,7 @@ def predict(model, postprocess, loader, device, *, amp=False, channels_last=Fals
 
 
 def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32, num_workers=4, amp=False,
-             channels_last=False, rank=0, world_size=1):
+             channels_last=False, rank=0, world_size=1, watch=no_stopwatch):
     """COCO mAP of ``model`` on ``dataset`` (every image, those without annotations included;
     image files that cannot be decoded are left out of the evaluation, with a warning).
 
@@ -191,7 +200,8 @@ def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32
         COCO results format (pixels, COCO xywh)
     """
     loader = eval_loader(dataset, batch_size, num_workers, rank, world_size, pin_memory=device.type == "cuda")
-    detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=amp, channels_last=channels_last)
+    detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=amp, channels_last=channels_last,
+                                           watch=watch)
     results = gather_lists(to_coco_results(detections, image_ids, sizes, category_ids))
     evaluated = gather_lists(image_ids)
     stats = None
@@ -201,5 +211,6 @@ def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32
         if len(evaluated) < len(dataset):
             print(f"warning: {len(dataset) - len(evaluated)} of {len(dataset)} images could not be read and are "
                   "left out of the evaluation (named above)", file=sys.stderr)
-        stats = coco_evaluate(dataset.coco, results, image_ids=evaluated)
+        with watch("COCOeval"):
+            stats = coco_evaluate(dataset.coco, results, image_ids=evaluated)
     return broadcast_object(stats), results

@@ -186,7 +186,7 @@ class OutputGuard:
     def record(paths: list[str]):
         """After writing: remember size and time of each file, so a later run may replace it."""
         by_folder = {}
-        for path in paths:
+        for path in filter(None, paths):
             real = os.path.realpath(path)
             if os.path.isfile(real):
                 by_folder.setdefault(os.path.dirname(real), {})[os.path.basename(real)] = _stamp(real)

@@ -108,8 +108,12 @@ def test_video_keeps_size_frames_and_fps(ours, clip, tmp_path):
 @pytest.mark.slow
 def test_dataset_script_json_and_pictures(ours, toy_root, tmp_path):
     result = run("test_dataset.py", "--pretrained-model", ours, "--data-path", toy_root, "--num-workers", "0",
-                 "--json", str(tmp_path / "r.json"), "--output", str(tmp_path / "pics"), "--cls-threshold", "0.01")
+                 "--json", str(tmp_path / "r.json"), "--output", str(tmp_path / "pics"), "--cls-threshold", "0.01",
+                 "--timings")
     assert result.returncode == 0, result.stderr
+    timings = next(line for line in result.stdout.splitlines() if line.startswith("time: "))
+    for phase in ["start-up", "annotations", "checkpoint", "reading", "forward", "decoding", "COCOeval", "writing"]:
+        assert f" {phase} " in timings, timings
     summary = [line for line in result.stdout.splitlines() if line.startswith(" Average")]
     assert len(summary) == 12
     results = json.loads((tmp_path / "r.json").read_text())

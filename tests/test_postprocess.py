@@ -3,7 +3,7 @@ from torchvision.ops import nms
 
 from src.box_coder import BoxCoder
 from src.default_boxes import default_boxes
-from src.postprocess import Postprocessor, greedy_nms
+from src.postprocess import NMS_METHODS, Postprocessor, greedy_nms
 from src.specs import SSDLITE
 
 
@@ -63,3 +63,13 @@ def test_greedy_nms_equals_torchvision_nms_per_group():
         for i in range(groups):
             expected = nms(boxes[i, :counts[i]], scores[:counts[i]], 0.45).sort().values
             assert keep[i].nonzero().flatten().tolist() == expected.tolist()
+
+
+def test_every_nms_method_gives_the_same_detections():
+    ploc, plabel = make_outputs(3, 7, seed=4)
+    coder = BoxCoder(default_boxes(SSDLITE))
+    results = {name: Postprocessor(coder, nms=name)(ploc, plabel) for name in NMS_METHODS}
+    for name, result in results.items():
+        for ours, theirs in zip(result, results["greedy"]):
+            for a, b in zip(ours, theirs):
+                assert torch.equal(a, b), name
