@@ -339,7 +339,7 @@ def bench_data(args, device, rows):
     with one_thread():
         decode_rows(CocoDetection(images, ann), args, rows)
         base = per_sample(None, pil=True)
-        ours = train_transforms(zoom_out=4)  # zoom-out on, as in the v2 composition
+        ours = train_transforms(zoom_out=4, crop="paper")  # the same maths as the v2 composition
         for label, rate in [("ours: OpenCV decode + fused SSD augmentation", per_sample(ours)),
                             ("ours + IoU matching in the worker", per_sample(ours, encode=True)),
                             ("OpenCV decode + transforms.v2 SSD augmentation",

@@ -9,6 +9,7 @@ import os
 import sys
 
 import cv2
+import numpy as np
 import torch
 
 from src.checkpoint import load_model
@@ -30,6 +31,7 @@ from src.errors import ImageReadError, UserError
 from src.outputs import OutputGuard
 from src.postprocess import Postprocessor
 from src.published import local_path
+from src.report import build, print_table, report_files, write_report
 from src.stopwatch import Stopwatch, process_age
 from src.transforms import val_transforms
 
@@ -46,7 +48,12 @@ def get_args_parser():
     p.add_argument("--num-workers", type=non_negative_int, default=4)
     p.add_argument("--json", help="write the detections here in COCO results format")
     p.add_argument("--output", help="also draw every image's detections into this folder")
-    p.add_argument("--draw-threshold", type=fraction, default=0.3, help="minimum score drawn with --output")
+    p.add_argument("--draw-threshold", type=fraction, default=0.3,
+                   help="minimum score drawn with --output, and of the report's confusion matrix and gallery")
+    p.add_argument("--report", metavar="FOLDER",
+                   help="write the evaluation report here: per-category table, PR curves, confusion matrix, error "
+                        "breakdown, the worst images, index.html")
+    p.add_argument("--gallery", type=non_negative_int, default=12, help="worst images shown in the report")
     p.add_argument("--timings", action="store_true",
                    help="print where the time went: start-up, checkpoint, annotations, reading, forward, decoding, "
                         "COCOeval, writing")
@@ -100,6 +107,21 @@ def render(dataset, results, ids, names, pictures, min_score, rank, world_size) 
     return written
 
 
+def write(args, evaluation, dataset, results, guard):
+    """The evaluation report (on the main process): the table printed, the folder written."""
+    evaluated = sorted({r["image_id"] for r in results} | set(dataset.ids))
+    report = build(evaluation, dataset, results, evaluated, min_score=args.draw_threshold, gallery=args.gallery)
+    print_table(report)
+
+    def read_bgr(image_id):
+        try:
+            return np.ascontiguousarray(read_rgb(dataset.image_path(image_id)).permute(1, 2, 0).numpy()[..., ::-1])
+        except ImageReadError:
+            return None
+    guard.record(write_report(args.report, report, dataset, results, read_bgr))
+    print(f"report written to {os.path.join(args.report, 'index.html')}")
+
+
 def main(args):
     rank, _, world_size, device = init_distributed(args.device)
     watch = Stopwatch(device)
@@ -111,12 +133,17 @@ def main(args):
         guard.file(args.json, "--json")
     if args.output:
         guard.folder(args.output, "--output")
+    if args.report:
+        guard.folder(args.report, "--report")
     with watch("annotations"):
         dataset = CocoDetection(images, annotations, val_transforms(), max_missing=args.max_bad_images)
     if args.output:
         pictures = picture_paths(dataset, args.output)
         guard.add_inputs(dataset.image_path(i) for i in dataset.ids)
         guard.files(list(pictures.values()), "--output")
+    if args.report:
+        guard.add_inputs(dataset.image_path(i) for i in dataset.ids)
+        guard.files(report_files(args.report, dataset.ids if args.gallery else ()), "--report")
     guard.claim()
     # a checkpoint without categories (the original's, NVIDIA's) is read with the dataset's, in id order
     with watch("checkpoint"):
@@ -131,10 +158,13 @@ def main(args):
             print(f"warning: {line}", file=sys.stderr)
         print(f"{checkpoint}: {model.spec.name}, {len(names)} classes; {len(dataset)} images, "
               f"{world_size} process(es)")
-    stats, results = evaluate(model, postprocess, dataset, device, ids,
+    evaluation, results = evaluate(model, postprocess, dataset, device, ids,
                               batch_size=args.batch_size or eval_batch_size(device),
                               num_workers=args.num_workers, amp=args.amp, channels_last=True,
                               rank=rank, world_size=world_size, watch=watch)
+    if args.report and is_main_process():
+        with watch("report"):
+            write(args, evaluation, dataset, results, guard)
     with watch("writing"):
         if args.json and is_main_process():
             with open(args.json, "w") as f:
@@ -148,7 +178,7 @@ def main(args):
     if args.timings and is_main_process():
         print(f"time: {watch.summary()}")
     cleanup()
-    return stats
+    return evaluation.stats
 
 
 if __name__ == "__main__":

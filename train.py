@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
+from src.analysis import RECALL_THRESHOLDS
 from src.box_coder import BoxCoder
 from src.checkpoint import load_matching_weights, load_model_weights, save_atomic
 from src.cli import (
@@ -57,7 +58,7 @@ from src.stop import GracefulStop
 from src.transforms import train_transforms, val_transforms
 
 EMPTY_NEGATIVES = 30  # hard negatives of an image without objects: those of an image with 10 positives
-CROP = "paper"
+CROP = "nvidia"  # NVIDIA's and the original's crop search: what the ablation chose (README, Results)
 
 
 def get_args_parser():
@@ -134,16 +135,16 @@ def main(args):
             if not totals["complete"]:  # stopped by a signal mid-epoch: save where, and leave
                 save_stop(args, model, step, train_set, log, epoch, totals)
                 break
-            stats, coco_stats, results = epoch_summary(totals), None, None
+            stats, evaluation, results = epoch_summary(totals), None, None
             if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
                 broadcast_buffers(model)  # evaluate, on every rank, the model rank 0 saves
-                coco_stats, results = evaluate(model, postprocess, val_set, device, val_set.category_ids,
+                evaluation, results = evaluate(model, postprocess, val_set, device, val_set.category_ids,
                                                batch_size=args.batch_size, num_workers=args.num_workers,
                                                amp=args.amp, channels_last=args.channels_last, rank=rank,
                                                world_size=world_size)
-            improved = log.add(epoch + 1, stats, coco_stats)
+            improved = log.add(epoch + 1, stats, evaluation and evaluation.stats)
             if is_main_process():
-                report_epoch(writer, epoch, stats, coco_stats, val_set, results)
+                report_epoch(writer, epoch, stats, evaluation, val_set, results)
                 save_checkpoint(checkpoint_path(args), args, model, step, train_set, log, epoch + 1)
                 if improved:
                     save_checkpoint(best_path(args), args, model, step, train_set, log, epoch + 1)
@@ -348,7 +349,7 @@ def finish_logging(writer, args, log: TrainingLog, world_size: int, trained: boo
     writer.close()
 
 
-def report_epoch(writer, epoch, stats, coco_stats, val_set, results):
+def report_epoch(writer, epoch, stats, evaluation, val_set, results):
     line = (f"epoch {epoch + 1}: loss {stats['loss']:.4f} (loc {stats['loc']:.4f}, cls {stats['cls']:.4f}), "
             f"{stats['images_per_s']:.1f} images/s")
     if stats["bad_images"]:
@@ -357,13 +358,30 @@ def report_epoch(writer, epoch, stats, coco_stats, val_set, results):
         line += (f", {stats['resized']} images of another size than annotated (even turned by EXIF): boxes scaled "
                  "to them")
     writer.add_scalar("epoch/bad_images", stats["bad_images"], epoch + 1)
-    if coco_stats is not None:
-        line += f", AP {coco_stats['AP']:.4f}, AP50 {coco_stats['AP50']:.4f}"
-        for name, value in coco_stats.items():
+    if evaluation is not None:
+        line += f", AP {evaluation.stats['AP']:.4f}, AP50 {evaluation.stats['AP50']:.4f}"
+        for name, value in evaluation.stats.items():
             writer.add_scalar(f"coco/{name}", value, epoch + 1)
+        log_per_class(writer, evaluation, val_set, epoch)
         log_val_images(writer, val_set, results, epoch)
     writer.add_scalar("epoch/loss", stats["loss"], epoch + 1)
     print(line, flush=True)
+
+
+def log_per_class(writer, evaluation, val_set, epoch):
+    """Each category's AP (a scalar per category; none for one without ground truth in val) and
+    its precision-recall curve at IoU 0.5, so that a run's weak categories show while it trains."""
+    names = dict(zip(val_set.category_ids, val_set.category_names))
+    recall = RECALL_THRESHOLDS
+    for k, cat in enumerate(evaluation.category_ids):
+        ap = evaluation.class_ap(k)
+        if ap is None:
+            continue
+        writer.add_scalar(f"coco_AP_per_category/{names[cat]}", ap, epoch + 1)
+        precision = evaluation.precision[0, :, k, 0, -1] if evaluation.precision is not None else recall * 0
+        zeros = [0] * len(recall)
+        writer.add_pr_curve_raw(f"pr_IoU0.5/{names[cat]}", zeros, zeros, zeros, zeros, precision[::-1].tolist(),
+                                recall[::-1].tolist(), epoch + 1, num_thresholds=len(recall))
 
 
 def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):

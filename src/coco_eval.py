@@ -1,6 +1,7 @@
-"""COCO mAP with pycocotools, from our detections."""
+"""COCO mAP with pycocotools (or faster-coco-eval), from our detections."""
 import contextlib
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from pycocotools.coco import COCO
@@ -29,28 +30,56 @@ def to_coco_results(detections, image_ids, orig_sizes, category_ids) -> list[dic
     return results
 
 
+@dataclass
+class Evaluation:
+    """What COCOeval found: the 12 standard numbers, and the arrays behind them (None when there
+    was no detection at all).
+
+    ``precision`` and ``scores`` are (T, R, K, A, M): IoU thresholds 0.5:0.95 (10), recall
+    thresholds 0:0.01:1 (101), categories in ``category_ids`` order, areas (all, small, medium,
+    large), max detections (1, 10, 100); -1 where undefined (a category without ground truth).
+    ``scores[t, r, k]`` is the score at which category k reaches recall r at IoU t.
+    """
+    stats: dict
+    category_ids: list
+    precision: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+    def class_ap(self, k: int, iou: int | None = None, area: int = 0) -> float | None:
+        """AP of the k-th category (mean over IoU 0.5:0.95, or at IoU index ``iou``), as COCOeval
+        computes it for that category alone; None when it has no ground truth."""
+        if self.precision is None:
+            return 0.0
+        p = self.precision[:, :, k, area, -1] if iou is None else self.precision[iou, :, k, area, -1]
+        p = p[p > -1]
+        return float(p.mean()) if p.size else None
+
+
 def coco_evaluate(coco_gt: COCO, results: list[dict], verbose: bool = True, backend: str = "auto",
-                  image_ids=None) -> dict:
+                  image_ids=None) -> Evaluation:
     """Run COCOeval (bbox) on ``image_ids`` (default: every image of ``coco_gt``); print the
     12-line summary if ``verbose``.
 
     :param backend: "faster" (faster-coco-eval, the same numbers several times sooner),
         "pycocotools", or "auto": the first when it is installed
-    :return: ``{name: value}`` for the 12 standard stats (all 0 when there is no detection)
+    :return: an :class:`Evaluation`; its ``stats`` are ``{name: value}`` for the 12 standard
+        numbers (all 0 when there is no detection)
     """
+    category_ids = sorted(coco_gt.getCatIds())
     if not results:
         if verbose:
             print("No detections: every COCO stat is 0.")
-        return dict.fromkeys(STAT_NAMES, 0.0)
+        return Evaluation(dict.fromkeys(STAT_NAMES, 0.0), category_ids)
     results = [dict(r) for r in results]  # loadRes adds keys to what it is given
     image_ids = sorted(coco_gt.getImgIds() if image_ids is None else image_ids)
     if backend == "faster" or (backend == "auto" and _has_faster_coco_eval()):
-        stats, summary = _faster_coco_eval(coco_gt, results, image_ids)
+        evaluator, summary = _faster_coco_eval(coco_gt, results, image_ids)
     else:
-        stats, summary = _pycocotools(coco_gt, results, image_ids)
+        evaluator, summary = _pycocotools(coco_gt, results, image_ids)
     if verbose:
         print(summary, end="")
-    return {name: float(v) for name, v in zip(STAT_NAMES, stats)}
+    return Evaluation({name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats[:12])},
+                      [int(c) for c in evaluator.params.catIds], evaluator.eval["precision"], evaluator.eval["scores"])
 
 
 def _has_faster_coco_eval() -> bool:
@@ -70,7 +99,7 @@ def _pycocotools(coco_gt, results, image_ids):
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         evaluator.summarize()
-    return evaluator.stats, summary.getvalue()
+    return evaluator, summary.getvalue()
 
 
 def _faster_coco_eval(coco_gt, results, image_ids):
@@ -85,4 +114,4 @@ def _faster_coco_eval(coco_gt, results, image_ids):
     evaluator.summarize()
     # it adds two recall lines after the standard twelve: print pycocotools' summary only
     summary = [line for line in lines if line.lstrip().startswith("Average")][:12]
-    return evaluator.stats[:12], "".join(line + "\n" for line in summary)
+    return evaluator, "".join(line + "\n" for line in summary)

@@ -196,15 +196,15 @@ def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32
     Each rank predicts its own shard; the detections are gathered and the main process runs
     COCOeval and prints the 12-line summary.
     :param category_ids: dataset category id of each label 1..K
-    :return: ``(stats, results)``: the 12 COCO stats (on every rank) and all detections in
-        COCO results format (pixels, COCO xywh)
+    :return: ``(evaluation, results)``: the :class:`~src.coco_eval.Evaluation` (on every rank;
+        ``.stats`` the 12 COCO numbers) and all detections in COCO results format (pixels, COCO xywh)
     """
     loader = eval_loader(dataset, batch_size, num_workers, rank, world_size, pin_memory=device.type == "cuda")
     detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=amp, channels_last=channels_last,
                                            watch=watch)
     results = gather_lists(to_coco_results(detections, image_ids, sizes, category_ids))
     evaluated = gather_lists(image_ids)
-    stats = None
+    evaluation = None
     if not evaluated:
         raise DatasetError(f"none of the {len(dataset)} images of {dataset.image_dir} could be read (named above)")
     if is_main_process():
@@ -212,5 +212,5 @@ def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32
             print(f"warning: {len(dataset) - len(evaluated)} of {len(dataset)} images could not be read and are "
                   "left out of the evaluation (named above)", file=sys.stderr)
         with watch("COCOeval"):
-            stats = coco_evaluate(dataset.coco, results, image_ids=evaluated)
-    return broadcast_object(stats), results
+            evaluation = coco_evaluate(dataset.coco, results, image_ids=evaluated)
+    return broadcast_object(evaluation), results

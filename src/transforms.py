@@ -34,7 +34,7 @@ class SSDAugmentation:
     """
 
     def __init__(self, size: int = 300, zoom_out: float = 1.0, min_ious=IOU_CROP_OPTIONS, photometric=1.0,
-                 crop: str = "paper"):
+                 crop: str = "nvidia"):
         self.size, self.zoom_out, self.min_ious, self.photometric = size, zoom_out, min_ious, photometric
         self.crop_rule = augment.CROP_RULES[crop]
         self.fill = [round(255 * m) for m in IMAGENET_MEAN]
@@ -57,7 +57,7 @@ class SSDAugmentation:
         return self.normalize(image), out
 
 
-def train_transforms(size: int = 300, zoom_out: float = 1.0, photometric: float = 1.0, crop: str = "paper"):
+def train_transforms(size: int = 300, zoom_out: float = 1.0, photometric: float = 1.0, crop: str = "nvidia"):
     """The SSD paper's augmentation; see :class:`SSDAugmentation`."""
     return SSDAugmentation(size, zoom_out, photometric=photometric, crop=crop)
 

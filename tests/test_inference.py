@@ -8,6 +8,7 @@ import sys
 import cv2
 import pytest
 import torch
+from test_train import free_port
 
 from src.box_coder import BoxCoder
 from src.checkpoint import load_model
@@ -166,8 +167,9 @@ def test_map_is_one_when_the_detections_are_the_ground_truth(toy_root):
     dataset = CocoDetection(images, ann, val_transforms())
     coder = BoxCoder(default_boxes(SSDLITE))
     model = GroundTruthModel(dataset, coder)
-    stats, results = evaluate(model, Postprocessor(coder), dataset, torch.device("cpu"), dataset.category_ids,
-                              batch_size=4, num_workers=0)
+    evaluation, results = evaluate(model, Postprocessor(coder), dataset, torch.device("cpu"), dataset.category_ids,
+                                   batch_size=4, num_workers=0)
+    stats = evaluation.stats
     assert list(stats) == STAT_NAMES
     assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0)
 
@@ -204,8 +206,8 @@ def test_faster_coco_eval_gives_the_same_twelve_numbers(toy_root):
                             "bbox": [v + j for v, j in zip(a["bbox"], jitter)],
                             "score": float(torch.rand(1, generator=g))})
         results.append({"image_id": image_id, "category_id": 2, "bbox": [5.0, 5.0, 30.0, 40.0], "score": 0.3})
-    slow = coco_evaluate(dataset.coco, results, verbose=False, backend="pycocotools")
-    fast = coco_evaluate(dataset.coco, results, verbose=False, backend="faster")
+    slow = coco_evaluate(dataset.coco, results, verbose=False, backend="pycocotools").stats
+    fast = coco_evaluate(dataset.coco, results, verbose=False, backend="faster").stats
     assert 0 < slow["AP"] < 1
     assert fast == pytest.approx(slow, abs=1e-6)
 
@@ -245,3 +247,30 @@ def test_an_original_checkpoint_trained_on_other_ids_gets_the_dataset_categories
     assert named.returncode == 0, named.stderr
     detections = json.loads((tmp_path / "named.json").read_text())[0]["detections"]
     assert detections and {d["name"] for d in detections} <= {"circle", "square", "triangle", "cross"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_report_folder_has_every_part_and_needs_no_network(ours, toy_root, tmp_path, processes):
+    report = tmp_path / "report"
+    args = ["test_dataset.py", "--pretrained-model", ours, "--data-path", toy_root, "--num-workers", "0",
+            "--cls-threshold", "0.01", "--draw-threshold", "0.0", "--report", str(report), "--gallery", "3"]
+    if processes == 1:
+        result = run(*args)
+    else:  # sharded: the report is the main process's, from every shard's detections
+        torchrun = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+        result = subprocess.run([*torchrun, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    for name in ["per_class.csv", "per_class.json", "pr_curves.png", "pr_curves.json", "confusion.png",
+                 "confusion.json", "errors.png", "errors.json", "index.html"]:
+        assert (report / name).stat().st_size > 0, name
+    assert len([n for n in os.listdir(report / "gallery") if n.endswith(".jpg")]) == 3
+    page = (report / "index.html").read_text()
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    assert page.count("data:image/") >= 6  # three figures and three gallery pictures, embedded
+    rows = json.loads((report / "per_class.json").read_text())
+    assert [r["name"] for r in rows] == ["circle", "square", "triangle", "cross"]
+    assert "category  objects" in result.stdout  # the per-category table is printed too
+    matrix = json.loads((report / "confusion.json").read_text())["counts"]
+    objects = sum(r["num_gt"] for r in rows)
+    assert sum(sum(row) for row in matrix[:-1]) == objects  # every object is in one cell of its row

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.box_coder import BoxCoder
 from src.coco_eval import coco_evaluate
@@ -130,7 +131,12 @@ def test_checkpoint_holds_everything_to_rebuild_and_resume(toy_root, tmp_path):
     assert set(c["rng"][0]) >= {"torch", "numpy", "python", "cuda"}
     assert (tmp_path / "ssdlite_best.pth").exists()
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in result.stdout
-    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tb"))
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0, "tensors": 0})
+    events.Reload()
+    val = json.loads(open(coco_paths(toy_root, "val")[0]).read())
+    with_gt = {c["name"] for c in val["categories"] if any(a["category_id"] == c["id"] for a in val["annotations"])}
+    assert {t.split("/")[1] for t in events.Tags()["scalars"] if t.startswith("coco_AP_per_category/")} == with_gt
+    assert {t.split("/")[1] for t in events.Tags()["tensors"] if t.startswith("pr_IoU0.5/")} == with_gt
 
 
 def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_command_continues(toy_root, tmp_path):
@@ -203,5 +209,5 @@ def test_the_map_reported_in_ddp_is_the_map_of_the_saved_checkpoint(toy_root, tm
     assert again.returncode == 0, again.stderr
     ann, images = coco_paths(toy_root, "val")
     dataset = CocoDetection(images, ann)
-    stats = coco_evaluate(dataset.coco, json.loads(detections.read_text()), verbose=False)
+    stats = coco_evaluate(dataset.coco, json.loads(detections.read_text()), verbose=False).stats
     assert 0 < stats["AP50"] and stats == {k: reported[k] for k in stats}

@@ -36,7 +36,6 @@ ROWS = {  # name: (train.py flags, patches)
     "defaults": ([], []),
     "zoom-out-4": (["--zoom-out", "4"], []),
     "crop-paper": (["--crop", "paper"], []),
-    "crop-nvidia": (["--crop", "nvidia"], []),
     "six-crops": ([], ["six-crops"]),
     "no-nesterov": (["--no-nesterov"], []),
     "decay-on-all": ([], ["decay-on-all"]),
