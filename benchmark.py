@@ -47,7 +47,7 @@ from src.specs import MODEL_NAMES, get_spec
 from src.toy_dataset import write_split
 from src.transforms import IMAGENET_MEAN, IMAGENET_STD, IOU_CROP_OPTIONS, train_transforms, val_transforms
 
-SECTIONS = ["train", "inference", "decode", "data", "eval", "memory", "matching"]
+SECTIONS = ["train", "inference", "decode", "data", "eval", "report", "memory", "matching"]
 
 
 def get_args_parser():
@@ -417,6 +417,35 @@ def bench_eval(args, device, rows):
         print_row(rows[-1])
 
 
+def bench_report(args, device, rows):
+    """What the evaluation report (test_dataset.py --report: tables, figures, a gallery of 12,
+    index.html) adds to the plain evaluation, side by side on the same toy val set and detections
+    (a trained model's score profile: many detections, the heavy case for the analysis)."""
+    from src.report import build, write_report
+    dataset = eval_set(args)
+    net = TrainedScoreProfile(build_model("ssdlite", dataset.num_classes)).to(device).eval()
+    post = Postprocessor.for_spec(net.model.spec, device, score_threshold=0.05)
+    batch = args.eval_batch_size or eval_batch_size(device)
+
+    def plain():
+        with contextlib.redirect_stdout(io.StringIO()):
+            return evaluate(net, post, dataset, device, dataset.category_ids, batch_size=batch, num_workers=0)
+
+    def read_bgr(image_id):
+        return cv2.imread(dataset.image_path(image_id), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+
+    def with_report():
+        evaluation, results = plain()
+        report = build(evaluation, dataset, results, dataset.ids, min_score=0.3, gallery=12)
+        with tempfile.TemporaryDirectory() as folder:
+            write_report(folder, report, dataset, results, read_bgr)
+    t_plain = median_time(plain, device, args.repeats)
+    t_report = median_time(with_report, device, args.repeats)
+    rows.append({"section": "report", "images": len(dataset), "gallery": 12, "s_plain_evaluation": t_plain,
+                 "s_with_report": t_report, "extra_share": t_report / t_plain - 1})
+    print_row(rows[-1])
+
+
 def bench_memory(args, device, rows):
     model = build_model("ssdlite", 81).to(device).train()
     criterion = MultiBoxLoss(BoxCoder.for_spec(model.spec, device))
@@ -500,7 +529,7 @@ def main(args):
     rows = []
     print(json.dumps(machine(device)))
     benches = {"train": bench_train, "inference": bench_inference, "decode": bench_decode, "data": bench_data,
-               "eval": bench_eval, "memory": bench_memory, "matching": bench_matching}
+               "eval": bench_eval, "report": bench_report, "memory": bench_memory, "matching": bench_matching}
     for section in SECTIONS:
         if section in args.only:
             benches[section](args, device, rows)

@@ -19,6 +19,7 @@ from src.outputs import OutputGuard
 from src.toy_dataset import generate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DOCS = ("demo_detection.jpg", "demo_curves.png", "demo_confusion.png", "demo_pr_curves.png")  # --docs copies
 
 
 def get_args_parser():
@@ -69,7 +70,7 @@ def main(args):
     guard = OutputGuard([args.data])
     guard.folder(outputs, "--out")
     clip = guard.file(os.path.join(out, "clip.mp4"), "the demo clip")
-    copies = [os.path.join(args.docs, n) for n in ("demo_detection.jpg", "demo_curves.png")] if args.docs else []
+    copies = [os.path.join(args.docs, n) for n in DOCS] if args.docs else []
     guard.files(copies, "--docs")
     guard.claim()
     if not os.path.exists(coco_paths(args.data, "val")[0]):
@@ -85,8 +86,10 @@ def main(args):
          "--multistep", str(max(1, args.epochs * 4 // 5)), "--num-workers", "1", "--seed", str(args.seed),
          "--no-pretrained-backbone", "--zoom-out", "1", "--amp", "--channels-last")
     val_images = coco_paths(args.data, "val")[1]
-    step("COCO mAP on the toy val split", "test_dataset.py", "--pretrained-model", ckpt, "--data-path", args.data,
-         "--num-workers", "1", "--json", os.path.join(outputs, "detections.json"))
+    report = os.path.join(outputs, "report")
+    step("COCO mAP on the toy val split, and the evaluation report", "test_dataset.py", "--pretrained-model", ckpt,
+         "--data-path", args.data, "--num-workers", "1", "--json", os.path.join(outputs, "detections.json"),
+         "--report", report)
     picture = os.path.join(outputs, "detection.jpg")
     step("detecting on a val image", "test_image.py", "--pretrained-model", ckpt, "--input",
          busiest_image(args.data), "--output", picture)
@@ -97,11 +100,13 @@ def main(args):
     curves = os.path.join(outputs, "curves.png")
     step("plotting the training curves", "plot_logs.py", "--log-path", os.path.join(out, "runs", "ssdlite"),
          "--output", curves)
-    for source, copy in zip([picture, curves], copies):
+    sources = [picture, curves, os.path.join(report, "confusion.png"), os.path.join(report, "pr_curves.png")]
+    for source, copy in zip(sources, copies):
         shutil.copy(source, copy)
     guard.record(copies)
     print(f"\nDone. Checkpoint: {ckpt}\n      Outputs: {outputs} (detection.jpg, clip_prediction.mp4, "
-          f"detections.json, curves.png)\n      TensorBoard: tensorboard --logdir {os.path.join(out, 'runs')}")
+          f"detections.json, curves.png)\n      Evaluation report: {os.path.join(report, 'index.html')}"
+          f"\n      TensorBoard: tensorboard --logdir {os.path.join(out, 'runs')}")
 
 
 if __name__ == "__main__":

@@ -90,17 +90,30 @@ def _write_figures(folder, report) -> list[str]:
     return paths
 
 
-def _plot_curves(plt, report):
-    curves, names = report["curves"], report["names"]
-    shown = [(name, c) for name, c in zip(names, curves["classes"].values())]
+def _plot_curves(plt, report, max_panels=20):
+    """Overall precision-recall, then a small panel per category with ground truth (up to
+    ``max_panels``; beyond, every category's curve in one panel: a panel costs ~0.1 s to draw)."""
+    curves = report["curves"]
+    shown = [(name, c) for name, c in zip(report["names"], curves["classes"].values()) if c.get("0.5")]
+    if len(shown) > max_panels:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for _, data in shown:
+            ax.plot(curves["recall"], data["0.5"], color="0.75", linewidth=0.7)
+        for iou, style in (("0.5", "-"), ("0.75", "--")):
+            ax.plot(curves["recall"], curves["all"][iou], style, color="k", linewidth=2, label=f"all, IoU {iou}")
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+               title=f"all categories (grey: each of the {len(shown)} at IoU 0.5)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return fig
     cols = min(5, len(shown) + 1)
-    rows = (len(shown) + 1 + cols - 1) // cols
+    rows = (len(shown) + cols) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.3 * rows), squeeze=False)
     for ax, (title, data) in zip(axes.flat, [("all categories", curves["all"]), *shown]):
         for iou, style in (("0.5", "-"), ("0.75", "--")):
             if data.get(iou):
                 ax.plot(curves["recall"], data[iou], style, label=f"IoU {iou}")
-        ax.set(title=title if data.get("0.5") else f"{title} (no ground truth)", xlim=(0, 1), ylim=(0, 1.02))
+        ax.set(title=title, xlim=(0, 1), ylim=(0, 1.02))
         ax.tick_params(labelsize=7)
     axes.flat[0].legend(fontsize=7)
     axes.flat[0].set(xlabel="recall", ylabel="precision")
@@ -111,17 +124,22 @@ def _plot_curves(plt, report):
 
 
 def _plot_confusion(plt, report):
+    """Row shares in colour, counts written in; the categories that appear at all (the JSON has every one)."""
     matrix, names = report["confusion"], report["names"]
-    normalised = _row_normalised(matrix)
-    side = min(16, 3 + 0.45 * len(names))
+    present = [i for i in range(len(names)) if matrix[i].any() or matrix[:, i].any()] or list(range(len(names)))
+    rows, cols = present + [len(names)], present + [len(names)]
+    shown = matrix[np.ix_(rows, cols)]
+    normalised = _row_normalised(shown)
+    labels = [names[i] for i in present]
+    side = min(16, 3 + 0.45 * len(labels))
     fig, ax = plt.subplots(figsize=(side, side * 0.85))
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names) + 1), names + ["missed"], rotation=90, fontsize=7)
-    ax.set_yticks(range(len(names) + 1), names + ["background"], fontsize=7)
+    ax.set_xticks(range(len(cols)), labels + ["missed"], rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), labels + ["background"], fontsize=7)
     ax.set(xlabel="prediction", ylabel="truth",
            title=f"confusion at score >= {report['min_score']:g}, IoU 0.5 (row shares, counts)")
-    if len(names) <= 30:
-        for (i, j), count in np.ndenumerate(matrix):
+    if len(labels) <= 30:
+        for (i, j), count in np.ndenumerate(shown):
             if count:
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
                         color="white" if normalised[i, j] > 0.5 else "black")

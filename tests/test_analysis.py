@@ -151,3 +151,16 @@ def test_a_class_without_ground_truth_is_shown_as_such(val, tmp_path):
     assert unseen.num_gt == 0 and unseen.AP is None and unseen.best_f1 is None
     assert pr_curves(evaluation)["classes"][77]["0.5"] == []
     assert len(pr_curves(evaluation)["all"]["0.5"]) == 101
+
+
+def test_a_set_of_one_category(val, tmp_path):
+    data = dict(val.coco.dataset)
+    keep = data["categories"][0]["id"]
+    data["categories"] = data["categories"][:1]
+    data["annotations"] = [a for a in data["annotations"] if a["category_id"] == keep]
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(data))
+    one = CocoDetection(val.image_dir, str(path))
+    rows, matrix, errors = analyse(one, gt_as_detections(one))
+    assert len(rows) == 1 and rows[0].AP == pytest.approx(1.0) and matrix.shape == (2, 2)
+    assert matrix[0, 0] == len(data["annotations"]) and errors["AP"] == pytest.approx(1.0)

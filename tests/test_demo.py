@@ -23,6 +23,7 @@ def test_short_demo_end_to_end_then_reuse(tmp_path):
         assert (outputs / name).stat().st_size > 0, name
     assert cv2.imread(str(tmp_path / "docs" / "demo_detection.jpg")).shape == (120, 160, 3)
     assert (tmp_path / "docs" / "demo_curves.png").exists()
+    assert (tmp_path / "docs" / "demo_confusion.png").exists() and (outputs / "report" / "index.html").exists()
     assert "Average Precision  (AP) @[ IoU=0.50      |" in first.stdout
 
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
