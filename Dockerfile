@@ -18,6 +18,6 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY src/ src/
-COPY train.py test_dataset.py test_image.py test_video.py export_onnx.py hubconf.py plot_logs.py ./
+COPY train.py test_dataset.py test_image.py test_video.py export_onnx.py convert_dataset.py hubconf.py plot_logs.py ./
 
 CMD ["python", "train.py", "--data-path", "/coco", "--save-folder", "/trained_models", "--log-path", "/trained_models/runs"]

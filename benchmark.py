@@ -23,7 +23,6 @@ import warnings
 
 import cv2
 import torch
-import torch.utils.benchmark as benchmark_utils
 from PIL import Image
 from torchvision import transforms as T
 from torchvision import tv_tensors
@@ -221,6 +220,7 @@ def decode_profiles(device):
 
 def timer_ms(fn, threads, min_run_time):
     """Median milliseconds of ``fn()`` by torch.utils.benchmark (it synchronises CUDA and sets the threads)."""
+    import torch.utils.benchmark as benchmark_utils  # here: importing it warns about CUDA on a CPU machine
     return 1000 * benchmark_utils.Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(
         min_run_time=min_run_time).median
 

@@ -22,25 +22,33 @@ from src.cli import (
     positive_int,
     run_cli,
 )
-from src.dataset import CocoDetection, coco_paths, read_rgb
+from src.dataset import dataset_from, read_rgb
 from src.detector import Detections
 from src.distributed import cleanup, init_distributed, is_main_process
 from src.draw import draw_detections
 from src.engine import eval_batch_size, evaluate
 from src.errors import ImageReadError, UserError
+from src.formats import DEFAULT_SPLITS, FORMATS, Source, dataset_folders, detect_format, source
 from src.outputs import OutputGuard
 from src.postprocess import Postprocessor
 from src.published import local_path
 from src.report import build, print_table, report_files, write_report
 from src.stopwatch import Stopwatch, process_age
 from src.transforms import val_transforms
+from src.voc_eval import voc_evaluate
 
 
 def get_args_parser():
     p = ArgumentParser(description=__doc__.splitlines()[0])
     add_detector_args(p, cls_threshold=0.05)
-    p.add_argument("--data-path", "--data_path", default="/coco", help="root in the original COCO layout")
-    p.add_argument("--split", default="val", help="which <split>2017 of --data-path")
+    p.add_argument("--data-path", "--data_path", default="/coco",
+                   help="the dataset: COCO (annotations/, val2017/...), VOC (Annotations/, JPEGImages/, ImageSets/) "
+                        "or YOLO (data.yaml)")
+    p.add_argument("--data-format", choices=["auto", *FORMATS], default="auto", help="the layout (auto: detected)")
+    p.add_argument("--split", default=None, help="which split of --data-path (default: val; VOC: test)")
+    p.add_argument("--metric", choices=["coco", "voc07", "voc"], default="coco",
+                   help="besides COCO's: voc07, VOC's mAP at IoU 0.5 with 11-point interpolation (the SSD paper's); "
+                        "voc, with all points (VOC2010+); difficult objects ignored")
     p.add_argument("--annotations", help="any COCO-format annotation file (with --images)")
     p.add_argument("--images", help="the image folder of --annotations")
     p.add_argument("--batch-size", type=positive_int, default=None,
@@ -62,15 +70,28 @@ def get_args_parser():
     return p
 
 
-def data_paths(args) -> tuple[str, str]:
-    """(annotation file, image folder) from --annotations/--images or --data-path/--split."""
+def data_source(args) -> tuple[Source, list[str]]:
+    """The split to evaluate (from --annotations/--images, or --data-path/--split in any layout),
+    and the files and folders it reads."""
     if bool(args.annotations) != bool(args.images):
         raise UserError("--annotations and --images go together")
     if args.annotations:
-        return args.annotations, args.images
-    if not os.path.isdir(args.data_path):
-        raise UserError(f"dataset folder {args.data_path} not found (set --data-path)")
-    return coco_paths(args.data_path, args.split)
+        return Source(args.images, args.annotations, args.annotations), [args.annotations, args.images]
+    if not os.path.exists(args.data_path):
+        raise UserError(f"dataset {args.data_path} not found (set --data-path)")
+    fmt = detect_format(args.data_path) if args.data_format == "auto" else args.data_format
+    split = source(args.data_path, args.split or DEFAULT_SPLITS[fmt][1], fmt)
+    files = [split.annotations] if isinstance(split.annotations, str) else []
+    return split, [*files, split.image_dir, *dataset_folders(args.data_path)]
+
+
+def print_voc(dataset, results, image_ids, use_07):
+    voc = voc_evaluate(dataset.coco, results, image_ids, use_07)
+    names = dict(zip(dataset.category_ids, dataset.category_names))
+    print(f"VOC mAP at IoU 0.5 ({'11-point, VOC2007' if use_07 else 'all points, VOC2010+'}): {voc['mAP']:.4f}")
+    for cat, ap in voc["AP"].items():
+        print(f"  {names[cat]:>16s} {'—' if ap is None else f'{ap:.4f}'}")
+    return voc
 
 
 def check_categories(model_ids, dataset, path):
@@ -127,8 +148,8 @@ def main(args):
     watch = Stopwatch(device)
     watch.add("start-up", process_age())  # the interpreter and the imports
     checkpoint = checkpoint_from_args(args)
-    annotations, images = data_paths(args)
-    guard = OutputGuard([annotations, images, local_path(checkpoint)])
+    split, reads = data_source(args)
+    guard = OutputGuard([*reads, local_path(checkpoint)])
     if args.json:
         guard.file(args.json, "--json")
     if args.output:
@@ -136,7 +157,7 @@ def main(args):
     if args.report:
         guard.folder(args.report, "--report")
     with watch("annotations"):
-        dataset = CocoDetection(images, annotations, val_transforms(), max_missing=args.max_bad_images)
+        dataset = dataset_from(split, val_transforms(), max_missing=args.max_bad_images)
     if args.output:
         pictures = picture_paths(dataset, args.output)
         guard.add_inputs(dataset.image_path(i) for i in dataset.ids)
@@ -162,6 +183,8 @@ def main(args):
                               batch_size=args.batch_size or eval_batch_size(device),
                               num_workers=args.num_workers, amp=args.amp, channels_last=True,
                               rank=rank, world_size=world_size, watch=watch)
+    if args.metric != "coco" and is_main_process():
+        print_voc(dataset, results, dataset.ids, use_07=args.metric == "voc07")
     if args.report and is_main_process():
         with watch("report"):
             write(args, evaluation, dataset, results, guard)

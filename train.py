@@ -33,11 +33,12 @@ from src.cli import (
     training_batch_size,
     zoom_factor,
 )
-from src.dataset import CocoDetection, coco_paths, collate, read_rgb, worker_init
+from src.dataset import collate, dataset_from, read_rgb, read_source, worker_init
 from src.detector import Detections
 from src.distributed import broadcast_buffers, cleanup, init_distributed, is_main_process
 from src.engine import Step, epoch_summary, evaluate, train_one_epoch
 from src.errors import CheckpointError, DatasetError, ImageReadError, UserError
+from src.formats import DEFAULT_SPLITS, FORMATS, dataset_folders, detect_format, merge, source
 from src.loss import MultiBoxLoss
 from src.model import BACKBONE_WEIGHTS, build_model
 from src.optim import param_groups, scaled_lr, warmup_multistep
@@ -63,7 +64,13 @@ CROP = "nvidia"  # NVIDIA's and the original's crop search: what the ablation ch
 
 def get_args_parser():
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data-path", default="/coco", help="root with annotations/, train2017/, val2017/")
+    p.add_argument("--data-path", nargs="+", default=["/coco"], metavar="ROOT",
+                   help="the dataset: COCO (annotations/, train2017/, val2017/), VOC (Annotations/, JPEGImages/, "
+                        "ImageSets/Main/) or YOLO (data.yaml); several roots train on all their train splits and "
+                        "validate on the first's val split (VOC2007 + VOC2012 trainval, VOC2007 test)")
+    p.add_argument("--data-format", choices=["auto", *FORMATS], default="auto", help="the layout (auto: detected)")
+    p.add_argument("--train-split", default=None, help="the training split (default: train; VOC: trainval)")
+    p.add_argument("--val-split", default=None, help="the validation split (default: val; VOC: test)")
     p.add_argument("--save-folder", default="trained_models", help="where <model>.pth is written")
     p.add_argument("--log-path", default=None, help="TensorBoard folder (default: runs/<model>)")
     p.add_argument("--model", choices=MODEL_NAMES, default="ssd")
@@ -115,8 +122,8 @@ def main(args):
     seed_everything(args.seed + rank)  # the model's initial weights, the first shuffle
     with prepare_outputs(args) if is_main_process() else contextlib.nullcontext():
         train_set, val_set = build_datasets(args, world_size)
-        ckpt = read_run_checkpoint(checkpoint_path(args), args.model, train_set.category_ids, args.data_path) \
-            if os.path.exists(checkpoint_path(args)) else None
+        ckpt = read_run_checkpoint(checkpoint_path(args), args.model, train_set.category_ids,
+                                   train_set.annotation_file) if os.path.exists(checkpoint_path(args)) else None
         model = create_model(args, train_set.num_classes, device, from_checkpoint=ckpt is not None)
         sampler, loader = build_loader(args, train_set, rank, world_size, device)
         step = build_step(args, model, len(loader), world_size, device)
@@ -173,11 +180,10 @@ def prepare_outputs(args) -> FolderLock:
     """Before any work: the save and log folders exist, are writable and are not dataset folders;
     no other run holds the save folder (the lock returned, released at the end of a ``with``);
     nothing there would be overwritten that is not this run's."""
-    if not os.path.isdir(args.data_path):
-        raise DatasetError(f"dataset folder {args.data_path} not found (set --data-path)")
-    reads = [args.data_path, *coco_paths(args.data_path, "train"), *coco_paths(args.data_path, "val"),
-             os.path.dirname(coco_paths(args.data_path, "train")[0])]
-    guard = OutputGuard(reads)
+    for root in args.data_path:
+        if not os.path.exists(root):
+            raise DatasetError(f"dataset {root} not found (set --data-path)")
+    guard = OutputGuard(folder for root in args.data_path for folder in dataset_folders(root))
     guard.folder(args.save_folder, "--save-folder")
     guard.folder(log_dir(args), "--log-path")
     lock = FolderLock(args.save_folder).acquire()
@@ -196,17 +202,18 @@ def prepare_outputs(args) -> FolderLock:
 
 def build_datasets(args, world_size: int):
     """The checked train and val sets (their warnings printed once)."""
-    train_ann, train_images = coco_paths(args.data_path, "train")
-    val_ann, val_images = coco_paths(args.data_path, "val")
+    fmt = detect_format(args.data_path[0]) if args.data_format == "auto" else args.data_format
+    train_split, val_split = args.train_split or DEFAULT_SPLITS[fmt][0], args.val_split or DEFAULT_SPLITS[fmt][1]
+    train_source = merge([source(root, train_split, fmt) for root in args.data_path], read_source)
     augment = train_transforms(zoom_out=args.zoom_out, photometric=args.photometric, crop=args.crop)
-    train = CocoDetection(train_images, train_ann, augment, max_missing=args.max_bad_images)
-    val = CocoDetection(val_images, val_ann, val_transforms(), max_missing=args.max_bad_images)
+    train = dataset_from(train_source, augment, max_missing=args.max_bad_images)
+    val = dataset_from(source(args.data_path[0], val_split, fmt), val_transforms(), max_missing=args.max_bad_images)
     if train.category_ids != val.category_ids:
-        raise DatasetError(f"train and val annotations of {args.data_path} list different categories")
+        raise DatasetError(f"{train.annotation_file} and {val.annotation_file} list different categories")
     if train.report.boxes == 0:
         r = train.report
-        raise DatasetError(f"no annotation of {train_ann} is a usable box ({r.degenerate} degenerate, "
-                           f"{r.crowd} crowd): nothing to learn")
+        raise DatasetError(f"no annotation of {train.annotation_file} is a usable box ({r.degenerate} degenerate, "
+                           f"{r.crowd} crowd or difficult): nothing to learn")
     if len(train) < args.batch_size * world_size:
         raise DatasetError(f"{len(train)} training images are fewer than one global batch "
                            f"({args.batch_size} x {world_size}): lower --batch-size")

@@ -26,22 +26,35 @@ LAYOUT = ("root/annotations/instances_{train,val}2017.json with images in root/{
           "or any COCO-format JSON and image folder")
 
 
-def load_coco(annotation_file: str) -> tuple[COCO, CocoReport]:
-    """pycocotools' COCO index of a checked annotation file (see :mod:`src.coco_check`):
-    a missing file, bad JSON or a fatal problem raise :class:`DatasetError` naming the file.
-
-    :return: ``(coco, report)``, the report counting what was mended or will be dropped
-    """
+def read_annotations(annotation_file: str) -> dict:
+    """The decoded JSON of a COCO annotation file; a missing file or bad JSON raise
+    :class:`DatasetError` naming the file."""
     if os.path.isdir(annotation_file):
         raise DatasetError(f"annotation file {annotation_file} is a folder, not a JSON file")
     if not os.path.isfile(annotation_file):
         raise DatasetError(f"annotation file {annotation_file} not found (expected {LAYOUT})")
     try:
         with open(annotation_file, "rb") as f:
-            data = json.load(f)
+            return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DatasetError(f"annotation file {annotation_file} is not valid JSON ({e})") from None
-    report = check_coco(data, annotation_file)
+
+
+def read_source(source) -> dict:
+    """A :class:`~src.formats.Source`'s annotations as a checked (and mended) COCO dict."""
+    data = read_annotations(source.annotations) if isinstance(source.annotations, str) else source.annotations
+    check_coco(data, source.annotations if isinstance(source.annotations, str) else source.name)
+    return data
+
+
+def load_coco(annotations: str | dict, name: str | None = None) -> tuple[COCO, CocoReport]:
+    """pycocotools' COCO index of checked annotations (see :mod:`src.coco_check`): a COCO file,
+    or a COCO-format dict (a VOC or YOLO set read by :mod:`src.formats`; ``name`` names it).
+
+    :return: ``(coco, report)``, the report counting what was mended or will be dropped
+    """
+    data = read_annotations(annotations) if isinstance(annotations, str) else annotations
+    report = check_coco(data, annotations if isinstance(annotations, str) else name or "the dataset")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -100,6 +113,11 @@ def read_rgb(path: str, apply_exif: bool = False) -> torch.Tensor:
     return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).permute(2, 0, 1)  # (3, H, W)
 
 
+def dataset_from(source, transforms=None, max_missing: float = 0.05) -> "CocoDetection":
+    """The dataset of a :class:`~src.formats.Source` (a split of a COCO, VOC or YOLO set)."""
+    return CocoDetection(source.image_dir, source.annotations, transforms, max_missing, source.name)
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """Images and boxes of a COCO-format annotation file.
 
@@ -122,10 +140,12 @@ class CocoDetection(torch.utils.data.Dataset):
     ``warnings`` holds the summary lines for the caller to print.
     """
 
-    def __init__(self, image_dir: str, annotation_file: str, transforms=None, max_missing: float = 0.05):
+    def __init__(self, image_dir: str, annotation_file: str | dict, transforms=None, max_missing: float = 0.05,
+                 name: str | None = None):
         self.image_dir = image_dir
+        self.coco, self.report = load_coco(annotation_file, name)
+        annotation_file = annotation_file if isinstance(annotation_file, str) else name or "the dataset"
         self.annotation_file = annotation_file
-        self.coco, self.report = load_coco(annotation_file)
         listed = sorted(self.coco.imgs)
         if not listed:
             raise DatasetError(f"annotation file {annotation_file} lists no images")
@@ -252,7 +272,7 @@ class CocoDetection(torch.utils.data.Dataset):
 def missing_files(folder: str, names: list[str]) -> list[str]:
     """Which of ``names`` (paths relative to ``folder``) are not in it; one listing per
     subfolder, not one stat per file (fast on network file systems)."""
-    if not os.path.isdir(folder):
+    if folder and not os.path.isdir(folder):  # "": the names are full paths (merged sets)
         raise DatasetError(f"image folder {folder} not found" if not os.path.exists(folder)
                            else f"image folder {folder} is a file, not a folder")
     listings = {}

@@ -83,10 +83,16 @@ def _stamp(path: str) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _location(path: str) -> str:
+    """Where an output's name lives: its folder resolved, the name itself not (a link we made is
+    recorded as the link, in our folder, not as what it points to)."""
+    return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+
+
 def written_by_us(path: str) -> bool:
     """Whether the file at ``path`` is one this project wrote (or set out to write) and that
     is unchanged since; False for a missing file."""
-    real = os.path.realpath(path)
+    real = _location(path)
     entry = _read_manifest(os.path.dirname(real)).get(os.path.basename(real))
     if not isinstance(entry, dict) or not os.path.isfile(real):
         return False
@@ -126,7 +132,7 @@ class OutputGuard:
         return path
 
     def _try_writing(self, path, what):
-        real = os.path.realpath(path)
+        real = _location(path)
         if real in self._writable:
             return
         existing = real
@@ -148,7 +154,7 @@ class OutputGuard:
         claimed = {}
         for path in paths:
             self._check_one(path, what)
-            real = os.path.realpath(path)
+            real = _location(path)
             if real in claimed or real in self._claimed:
                 raise UserError(f"{what} {path}: another output of this command goes there too")
             claimed[real] = path
@@ -180,14 +186,14 @@ class OutputGuard:
         if os.path.lexists(path) and not written_by_us(path):
             raise UserError(f"{what} {path} exists and was not written by this project (or was changed "
                             "since): move it away or choose another name")
-        self._try_writing(os.path.dirname(os.path.realpath(path)), f"the folder of {what}")
+        self._try_writing(os.path.dirname(_location(path)), f"the folder of {what}")
 
     @staticmethod
     def record(paths: list[str]):
         """After writing: remember size and time of each file, so a later run may replace it."""
         by_folder = {}
         for path in filter(None, paths):
-            real = os.path.realpath(path)
+            real = _location(path)
             if os.path.isfile(real):
                 by_folder.setdefault(os.path.dirname(real), {})[os.path.basename(real)] = _stamp(real)
         for folder, entries in by_folder.items():

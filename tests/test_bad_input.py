@@ -150,6 +150,23 @@ def not_a_dataset(box):
     (box / "stuff" / "todo.txt").write_text("my notes")
 
 
+def voc_with_a_broken_xml(box):
+    for folder in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (box / "voc" / folder).mkdir(parents=True)
+    (box / "voc" / "ImageSets" / "Main" / "test.txt").write_text("a\n")
+    (box / "voc" / "Annotations" / "a.xml").write_text("<annotation><size>")
+    shutil.copy(box / "photo.jpg", box / "voc" / "JPEGImages" / "a.jpg")
+
+
+def yolo_with_a_short_line(box):
+    for split in ("train", "val"):
+        (box / "yolo" / "images" / split).mkdir(parents=True)
+        (box / "yolo" / "labels" / split).mkdir(parents=True)
+        shutil.copy(box / "photo.jpg", box / "yolo" / "images" / split / "a.jpg")
+        (box / "yolo" / "labels" / split / "a.txt").write_text("0 0.5 0.5 0.2\n")
+    (box / "yolo" / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames: [thing]\n")
+
+
 def no_categories_match(data):
     data["annotations"][0]["category_id"] = 99
 
@@ -254,6 +271,10 @@ CASES = [
     ("report-onto-a-user-page", "test_dataset.py", [*DATASET, "--report", "{box}/site"],
      lambda box: (box / "site").mkdir() or (box / "site" / "index.html").write_text("<p>mine</p>"), 1,
      "index.html exists and was not written by this project"),
+    ("voc-xml-malformed", "test_dataset.py", [*DATASET[:2], "--data-path", "{box}/voc"], voc_with_a_broken_xml, 1,
+     "VOC annotation .*a.xml is not valid XML"),
+    ("yolo-line-of-four", "train.py", [*TRAIN_ARGS[2:], "--data-path", "{box}/yolo/data.yaml", "--save-folder",
+                                        "{box}/s"], yolo_with_a_short_line, 1, "a.txt line 1: 4 numbers, expected 5"),
     ("dataset-missing", "test_dataset.py", [*DATASET[:2], "--data-path", "{box}/nowhere"], None, 1, "not found"),
     ("annotations-are-a-folder", "test_dataset.py", [*DATASET[:2], "--annotations", "{box}/toy", "--images",
                                                       "{box}/toy/val2017"], None, 1, "is a folder, not a JSON"),

@@ -1,0 +1,254 @@
+"""Datasets in the layouts people have: COCO, Pascal VOC and YOLO, all read into one COCO-format
+dict, so that training, evaluation and the report see one kind of data.
+
+- COCO: ``root/annotations/instances_{split}2017.json`` and ``root/{split}2017/``;
+- VOC: ``root/Annotations/<id>.xml``, ``root/JPEGImages/``, ``root/ImageSets/Main/{split}.txt``;
+  ``difficult`` objects become crowd (ignore) regions, also marked ``"difficult": 1``; the
+  categories are those of ``classes.txt`` when there is one, else VOC's 20 in their standard
+  order, unless the files name others (then all their names, sorted); VOC's 1-based inclusive
+  pixel corners become continuous coordinates
+  (``xmin - 1``, ``xmax``), so IoUs are the devkit's;
+- YOLO: ``data.yaml`` (or any ``*.yaml``) with ``names`` and ``train``/``val`` image folders,
+  labels in ``labels/`` beside ``images/``, one ``class cx cy w h`` line per object, normalised
+  to the image; an image without a label file is background. Category ids are the class indices.
+
+A bad file is refused as an annotation file is (:class:`DatasetError`, one line naming the
+file, and the line in it).
+"""
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps
+
+from .errors import DatasetError
+
+FORMATS = ("coco", "voc", "yolo")
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+DEFAULT_SPLITS = {"coco": ("train", "val"), "voc": ("trainval", "test"), "yolo": ("train", "val")}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Source:
+    """One split of a dataset: where its images are, and its annotations (a COCO dict, or the
+    path of a COCO file). ``name`` names it in messages."""
+    image_dir: str
+    annotations: str | dict
+    name: str
+
+
+def detect_format(root: str) -> str:
+    """Which layout ``root`` holds: "coco", "voc" or "yolo"."""
+    if os.path.isfile(root) and root.endswith((".yaml", ".yml")):
+        return "yolo"
+    if os.path.isdir(os.path.join(root, "annotations")):
+        return "coco"
+    if all(os.path.isdir(os.path.join(root, d)) for d in ("Annotations", "JPEGImages")):
+        return "voc"
+    if os.path.isfile(os.path.join(root, "data.yaml")):
+        return "yolo"
+    raise DatasetError(f"{root} is not a dataset in a layout this project reads: COCO (annotations/, train2017/), "
+                       "VOC (Annotations/, JPEGImages/, ImageSets/Main/) or YOLO (data.yaml, images/, labels/)")
+
+
+def source(root: str, split: str, fmt: str = "auto") -> Source:
+    """The ``split`` of the dataset at ``root`` in layout ``fmt`` ("auto": detected)."""
+    if not os.path.exists(root):
+        raise DatasetError(f"dataset {root} not found (set --data-path)")
+    fmt = detect_format(root) if fmt == "auto" else fmt
+    if fmt == "coco":
+        return Source(os.path.join(root, f"{split}2017"),
+                      os.path.join(root, "annotations", f"instances_{split}2017.json"), root)
+    if fmt == "voc":
+        return voc_source(root, split)
+    return yolo_source(root, split)
+
+
+def dataset_folders(root: str) -> list[str]:
+    """``root`` and the folders two levels below it (image and label folders): the places an
+    output must not go."""
+    base = os.path.dirname(os.path.abspath(root)) if os.path.isfile(root) else root
+    folders = [root, base]
+    for parent in [base] + [os.path.join(base, d) for d in _subfolders(base)]:
+        folders += [os.path.join(parent, d) for d in _subfolders(parent)]
+    return folders
+
+
+def _subfolders(folder):
+    try:
+        return [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))]
+    except OSError:
+        return []
+
+
+def merge(sources: list[Source], read) -> Source:
+    """Several splits as one (VOC2007 trainval + VOC2012 trainval): image and annotation ids
+    renumbered, file names made absolute, categories the same in all (else an error).
+
+    :param read: Source -> its checked COCO dict (so that COCO files are read and checked too)
+    """
+    if len(sources) == 1:
+        return sources[0]
+    merged = {"images": [], "annotations": [], "categories": None}
+    for src in sources:
+        data = read(src)
+        cats = [(c["id"], c["name"]) for c in data["categories"]]
+        if merged["categories"] is None:
+            merged["categories"] = data["categories"]
+        elif cats != [(c["id"], c["name"]) for c in merged["categories"]]:
+            raise DatasetError(f"{src.name} has other categories than {sources[0].name}: they cannot train together")
+        new_id = {}
+        for im in data["images"]:
+            new_id[im["id"]] = len(merged["images"]) + 1
+            merged["images"].append({**im, "id": new_id[im["id"]],
+                                     "file_name": os.path.abspath(os.path.join(src.image_dir, im["file_name"]))})
+        for a in data["annotations"]:
+            merged["annotations"].append({**a, "id": len(merged["annotations"]) + 1, "image_id": new_id[a["image_id"]]})
+    return Source("", merged, " + ".join(s.name for s in sources))
+
+
+# --- Pascal VOC ----------------------------------------------------------------------------------
+
+def voc_source(root: str, split: str) -> Source:
+    listing = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+    if not os.path.isfile(listing):
+        raise DatasetError(f"VOC split file {listing} not found (the splits are ImageSets/Main/<split>.txt)")
+    with open(listing) as f:
+        names = [line.split()[0] for line in f if line.strip()]
+    parsed = [_read_voc_xml(os.path.join(root, "Annotations", f"{n}.xml")) for n in names]
+    classes = voc_classes(root, {obj[0] for _, _, objects in parsed for obj in objects})
+    data = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
+    for image_id, (name, (file_name, (width, height), objects)) in enumerate(zip(names, parsed), start=1):
+        data["images"].append({"id": image_id, "file_name": file_name or f"{name}.jpg", "width": width,
+                               "height": height})
+        for cls, (x0, y0, x1, y1), difficult in objects:
+            data["annotations"].append({"id": len(data["annotations"]) + 1, "image_id": image_id,
+                                        "category_id": classes.index(cls) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                        "area": (x1 - x0) * (y1 - y0), "iscrowd": int(difficult),
+                                        "difficult": int(difficult)})
+    return Source(os.path.join(root, "JPEGImages"), data, f"{root} ({split})")
+
+
+def voc_classes(root: str, found: set) -> list[str]:
+    """The categories of a VOC set, the same for all its splits: a ``classes.txt`` in ``root``
+    (labelImg writes one), else VOC's 20 when ``found`` are among them, else every name of every
+    file in Annotations/, sorted."""
+    listing = os.path.join(root, "classes.txt")
+    if os.path.isfile(listing):
+        with open(listing) as f:
+            return [line.strip() for line in f if line.strip()]
+    if found <= set(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    folder = os.path.join(root, "Annotations")
+    names = set()
+    for file in os.listdir(folder):
+        if file.endswith(".xml"):
+            names |= {obj[0] for obj in _read_voc_xml(os.path.join(folder, file))[2]}
+    return sorted(names)
+
+
+def _read_voc_xml(path: str):
+    """(file name, (width, height), [(class, (x0, y0, x1, y1) continuous pixels, difficult)])."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"VOC annotation {path} not found")
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError as e:
+        raise DatasetError(f"VOC annotation {path} is not valid XML ({e})") from None
+    try:
+        size = root.find("size")
+        width, height = int(float(size.findtext("width"))), int(float(size.findtext("height")))
+        objects = []
+        for obj in root.iter("object"):
+            box = obj.find("bndbox")
+            xmin, ymin, xmax, ymax = (float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            objects.append((obj.findtext("name").strip(), (xmin - 1, ymin - 1, xmax, ymax),
+                            obj.findtext("difficult", "0").strip() == "1"))
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DatasetError(f"VOC annotation {path} lacks a size, an object name or a number of its box ({e})") \
+            from None
+    return root.findtext("filename"), (width, height), objects
+
+
+# --- YOLO ----------------------------------------------------------------------------------------
+
+def yolo_source(root: str, split: str) -> Source:
+    config = root if os.path.isfile(root) else os.path.join(root, "data.yaml")
+    names, folder = _read_yolo_yaml(config, split)
+    images = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder)
+                    for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+    data = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(names)]}
+    for image_id, rel in enumerate(images, start=1):
+        width, height = _upright_size(os.path.join(folder, rel))
+        data["images"].append({"id": image_id, "file_name": rel, "width": width, "height": height})
+        for cls, (cx, cy, w, h) in _read_yolo_labels(_label_path(os.path.join(folder, rel)), len(names), config):
+            box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
+            data["annotations"].append({"id": len(data["annotations"]) + 1, "image_id": image_id, "category_id": cls,
+                                        "bbox": box, "area": box[2] * box[3], "iscrowd": 0})
+    return Source(folder, data, f"{config} ({split})")
+
+
+def _read_yolo_yaml(path: str, split: str):
+    import yaml
+    if not os.path.isfile(path):
+        raise DatasetError(f"YOLO dataset file {path} not found")
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise DatasetError(f"{path} is not valid YAML ({str(e).splitlines()[0]})") from None
+    names = config.get("names") if isinstance(config, dict) else None
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if not isinstance(names, list) or not names:
+        raise DatasetError(f"{path} has no 'names' list of classes")
+    if split not in config:
+        others = ", ".join(str(k) for k in config if k != "names")
+        raise DatasetError(f"{path} has no '{split}' image folder (it has {others})")
+    base = os.path.join(os.path.dirname(os.path.abspath(path)), str(config.get("path", "")))
+    folder = os.path.normpath(os.path.join(base, str(config[split])))
+    if not os.path.isdir(folder):
+        raise DatasetError(f"image folder {folder} of '{split}' in {path} not found")
+    return [str(n) for n in names], folder
+
+
+def _label_path(image_path: str) -> str:
+    """YOLO's rule: the last ``images`` folder of the path becomes ``labels``, the extension .txt."""
+    head, sep, tail = image_path.rpartition(f"{os.sep}images{os.sep}")
+    return os.path.splitext(f"{head}{os.sep}labels{os.sep}{tail}" if sep else image_path)[0] + ".txt"
+
+
+def _upright_size(path: str) -> tuple[int, int]:
+    """(width, height) of an image as its EXIF orientation shows it (YOLO labels are on that)."""
+    try:
+        with Image.open(path) as image:
+            return ImageOps.exif_transpose(image).size if image.getexif().get(0x0112, 1) != 1 else image.size
+    except OSError:
+        return 0, 0  # unreadable: the reader skips it as a bad image
+
+
+def _read_yolo_labels(path: str, num_classes: int, config: str):
+    if not os.path.isfile(path):
+        return []  # background image
+    labels = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"labels file {path} line {number}"
+            if len(fields) != 5:
+                raise DatasetError(f"{where}: {len(fields)} numbers, expected 5 (class cx cy w h)")
+            try:
+                cls, values = int(fields[0]), [float(v) for v in fields[1:]]
+            except ValueError:
+                raise DatasetError(f"{where}: {line.strip()!r} is not a class index and four numbers") from None
+            if not 0 <= cls < num_classes:
+                raise DatasetError(f"{where}: class {cls}, but {config} names {num_classes} classes (0 to "
+                                   f"{num_classes - 1})")
+            if not all(0 <= v <= 1 for v in values):
+                raise DatasetError(f"{where}: coordinates {values} outside [0, 1] (YOLO boxes are normalised)")
+            labels.append((cls, values))
+    return labels
