@@ -109,7 +109,7 @@ def confusion_matrix(coco_gt, results: list[dict], category_ids: list, min_score
     k = len(category_ids)
     matrix = np.zeros((k + 1, k + 1), dtype=np.int64)
     kept = [dict(r) for r in results if r["score"] >= min_score]
-    gt = FastCOCO(coco_gt.dataset, use_deepcopy=True)
+    gt = FastCOCO(_bare(coco_gt.dataset), use_deepcopy=False)  # PreviewResults copies it again
     if not kept:
         for a in coco_gt.dataset["annotations"]:
             if not a["iscrowd"]:
@@ -124,6 +124,15 @@ def confusion_matrix(coco_gt, results: list[dict], category_ids: list, min_score
         matrix[k, ours_i] = theirs[i, -2]  # detections of category i that matched nothing
         matrix[ours_i, k] = theirs[i, -1]  # ground truth of category i that nothing matched
     return matrix
+
+
+def _bare(dataset: dict) -> dict:
+    """A new COCO dict with only the fields box matching reads (segmentations and extra keys
+    dropped), so that the copies faster-coco-eval makes stay cheap; ``dataset`` is not touched."""
+    ann_keys = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
+    return {"images": [{k: im[k] for k in ("id", "width", "height") if k in im} for im in dataset["images"]],
+            "annotations": [{k: a[k] for k in ann_keys if k in a} for a in dataset["annotations"]],
+            "categories": [{"id": c["id"], "name": c["name"]} for c in dataset["categories"]]}
 
 
 # --- the error breakdown -------------------------------------------------------------------------
@@ -161,11 +170,11 @@ def _images(coco_gt, image_ids) -> dict:
 
 def _detections(results, image_ids) -> dict:
     """image id -> its detections, by descending score."""
+    mine = [r for r in results if r["image_id"] in image_ids]
+    boxes = _ltrb([r["bbox"] for r in mine]).numpy()  # (n, 4), one conversion for all
     by_image = defaultdict(list)
-    for r in results:
-        if r["image_id"] in image_ids:
-            by_image[r["image_id"]].append(_Detection(r["image_id"], r["category_id"], float(r["score"]),
-                                                      _ltrb([r["bbox"]]).numpy()[0]))
+    for r, box in zip(mine, boxes):
+        by_image[r["image_id"]].append(_Detection(r["image_id"], r["category_id"], float(r["score"]), box))
     return {i: sorted(ds, key=lambda d: -d.score) for i, ds in by_image.items()}
 
 

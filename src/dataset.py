@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import sys
 
 import cv2
@@ -291,8 +292,14 @@ def missing_files(folder: str, names: list[str]) -> list[str]:
 
 def worker_init(worker_id):
     """DataLoader workers run one OpenCV thread each, as torch does: the images are small and
-    many workers with a thread per core each would fight over the cores."""
+    many workers with a thread per core each would fight over the cores.
+
+    They ignore SIGINT and SIGTERM: Ctrl-C, `timeout` and a cluster's scancel signal the whole
+    process group, and a worker killed by SIGTERM makes the main process raise before it can
+    save. The main process decides when to stop and shuts its workers down."""
     cv2.setNumThreads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def collate(batch):

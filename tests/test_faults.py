@@ -34,18 +34,22 @@ def toy_copy(toy_root, tmp_path):
     return dst
 
 
-@pytest.mark.parametrize("sig, workers", [(signal.SIGTERM, "0"), (signal.SIGINT, "0"), (signal.SIGTERM, "2")])
-def test_signal_mid_epoch_saves_and_resume_is_exact(toy_root, tmp_path, sig, workers):
-    """Exact with loader workers too: each sample's augmentation is seeded from (seed, epoch, index)."""
+@pytest.mark.parametrize("sig, workers, group", [(signal.SIGTERM, "0", False), (signal.SIGINT, "0", False),
+                                                 (signal.SIGTERM, "2", False), (signal.SIGTERM, "2", True),
+                                                 (signal.SIGINT, "2", True)])
+def test_signal_mid_epoch_saves_and_resume_is_exact(toy_root, tmp_path, sig, workers, group):
+    """Exact with loader workers too: each sample's augmentation is seeded from (seed, epoch, index).
+    ``group``: the signal goes to the loader workers as well, as Ctrl-C in a terminal, `timeout`
+    and a cluster's scancel send it."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     assert run(train_cmd(toy_root, straight, "--batch-size", "2", "--num-workers", workers, epochs=2)).returncode == 0
     log = tmp_path / "stderr.txt"
     cmd = train_cmd(toy_root, stopped, "--batch-size", "2", "--num-workers", workers, epochs=2)
     with open(log, "w") as err:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=group)
         wait_for(log, "epoch 1/2:  33%")  # two of six iterations done
-        proc.send_signal(sig)
+        os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
         out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, open(log).read()
     assert "Stopped at iteration" in out and "Run the same command to continue" in out

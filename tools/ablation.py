@@ -119,7 +119,7 @@ def child(row, seed, data, out):
     import train
     flags, patches = ROWS[row]
     apply_patches(train, patches)
-    save = os.path.join(out, "runs", f"{row}-seed{seed}")
+    save = os.path.join(out, "runs", f"{os.path.basename(data)}-{row}-seed{seed}")
     args = train.get_args_parser().parse_args(
         [*BUDGET, *flags, "--data-path", data, "--save-folder", save, "--log-path", os.path.join(save, "tb"),
          "--seed", str(seed)])
