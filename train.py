@@ -33,7 +33,7 @@ from src.cli import (
     training_batch_size,
     zoom_factor,
 )
-from src.dataset import collate, dataset_from, read_rgb, read_source, worker_init
+from src.dataset import collate, dataset_from, loader_workers, read_rgb, read_source, worker_init
 from src.detector import Detections
 from src.distributed import broadcast_buffers, cleanup, init_distributed, is_main_process
 from src.engine import Step, epoch_summary, evaluate, train_one_epoch
@@ -261,9 +261,10 @@ def distribute(model, args, world_size: int, device):
 def build_loader(args, train_set, rank: int, world_size: int, device):
     sampler = ResumableSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=args.seed,
                                drop_last=True)
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
+    workers = loader_workers(args.num_workers, len(sampler) // args.batch_size)
+    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, num_workers=workers,
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=args.num_workers > 0, worker_init_fn=worker_init)
+                        persistent_workers=workers > 0, worker_init_fn=worker_init)
     return sampler, loader
 
 

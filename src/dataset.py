@@ -316,8 +316,16 @@ def shard(dataset, rank: int, world_size: int):
     return torch.utils.data.Subset(dataset, range(rank, len(dataset), world_size))
 
 
+def loader_workers(requested: int, batches: int) -> int:
+    """The workers worth starting: no more than the cores this process may use (more only
+    compete for them, and torch warns) nor than there are batches to load."""
+    return max(0, min(requested, len(os.sched_getaffinity(0)), batches))
+
+
 def eval_loader(dataset, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1, pin_memory=False):
     """An in-order loader over this rank's shard of ``dataset``."""
-    return torch.utils.data.DataLoader(shard(dataset, rank, world_size), batch_size=batch_size, shuffle=False,
+    part = shard(dataset, rank, world_size)
+    num_workers = loader_workers(num_workers, -(-len(part) // batch_size))
+    return torch.utils.data.DataLoader(part, batch_size=batch_size, shuffle=False,
                                        num_workers=num_workers, collate_fn=collate, pin_memory=pin_memory,
                                        persistent_workers=num_workers > 0, worker_init_fn=worker_init)

@@ -1,6 +1,7 @@
 """CocoDetection on a hand-made COCO-format set with every quirk the reader must survive."""
 import io
 import json
+import os
 
 import cv2
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from src.dataset import CocoDetection, _is_jpeg_complete, coco_paths, collate, read_rgb
+from src.dataset import CocoDetection, _is_jpeg_complete, coco_paths, collate, eval_loader, loader_workers, read_rgb
 from src.errors import DatasetError, ImageReadError
 from src.transforms import train_transforms, val_transforms
 
@@ -230,3 +231,13 @@ def test_every_epoch_and_sample_draws_its_own_augmentation_seed():
     a.skip = 2
     resumed = list(a)
     assert resumed == [(i, epochs[1][i]) for i, _ in resumed] and len(resumed) == 2  # a resume draws the same
+
+
+def test_loaders_start_no_more_workers_than_cores_or_batches(toy_root):
+    """More workers than cores only compete for them (and torch warns); more than batches idle."""
+    cores = len(os.sched_getaffinity(0))
+    assert loader_workers(64, 1000) == cores
+    assert loader_workers(4, 1) == 1 and loader_workers(0, 10) == 0 and loader_workers(4, 0) == 0
+    ann, images = coco_paths(toy_root, "val")
+    dataset = CocoDetection(images, ann, val_transforms())
+    assert eval_loader(dataset, batch_size=len(dataset), num_workers=4).num_workers == 1
