@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps
 
 from .errors import DatasetError
+from .outputs import holds_our_outputs
 
 FORMATS = ("coco", "voc", "yolo")
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
@@ -77,10 +78,13 @@ def dataset_folders(root: str) -> list[str]:
 
 
 def _subfolders(folder):
+    """Its folders, less those that hold this project's outputs (a save folder made there)."""
     try:
-        return [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))]
+        names = os.listdir(folder)
     except OSError:
         return []
+    paths = [os.path.join(folder, d) for d in names]
+    return [d for d, path in zip(names, paths) if os.path.isdir(path) and not holds_our_outputs(path)]
 
 
 def merge(sources: list[Source], read) -> Source:

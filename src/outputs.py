@@ -99,6 +99,17 @@ def written_by_us(path: str) -> bool:
     return bool(entry.get("pending")) or entry == _stamp(real)
 
 
+def holds_our_outputs(folder: str) -> bool:
+    """Whether ``folder`` is one this project made: it holds our manifest, a training lock or
+    TensorBoard logs, or nothing at all (so that a save or log folder made inside a dataset root
+    is not taken for a dataset folder on the next run)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    return not names or any(n in (MANIFEST, LOCK_FILE) or n.startswith("events.out.tfevents.") for n in names)
+
+
 class OutputGuard:
     """The output checks of one command.
 

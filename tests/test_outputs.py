@@ -78,3 +78,24 @@ def test_the_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
     again = FolderLock(str(tmp_path)).acquire()
     assert again.taken_over is None
     again.release()
+
+
+def test_a_save_folder_made_inside_a_dataset_root_is_not_a_dataset_folder_next_time(tmp_path):
+    """The first run made it; the second (a resume) must not be refused for writing where it wrote."""
+    from src.formats import dataset_folders
+    root = tmp_path / "data"
+    (root / "train2017").mkdir(parents=True)
+    (root / "train2017" / "1.jpg").write_bytes(b"jpeg")
+    (root / "empty").mkdir()
+    save, logs = root / "run", root / "tb"
+    save.mkdir()
+    logs.mkdir()
+    FolderLock(str(save)).acquire().release()  # what a run leaves: its lock file
+    (logs / "events.out.tfevents.1.host").write_bytes(b"")
+    folders = {os.path.basename(f) for f in dataset_folders(str(root))}
+    assert "train2017" in folders
+    assert not folders & {"run", "tb", "empty"}
+    guard = OutputGuard(dataset_folders(str(root)))
+    guard.folder(str(save), "--save-folder")
+    with pytest.raises(UserError, match="a folder this command reads"):
+        guard.folder(str(root / "train2017"), "--save-folder")
