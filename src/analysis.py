@@ -168,14 +168,26 @@ def _images(coco_gt, image_ids) -> dict:
     return images
 
 
+MAX_DETECTIONS = 100  # per image and category, COCOeval's maxDets: lower-scored ones count nowhere
+
+
 def _detections(results, image_ids) -> dict:
-    """image id -> its detections, by descending score."""
+    """image id -> its ``MAX_DETECTIONS`` best detections of each category, by descending score."""
     mine = [r for r in results if r["image_id"] in image_ids]
     boxes = _ltrb([r["bbox"] for r in mine]).numpy()  # (n, 4), one conversion for all
     by_image = defaultdict(list)
     for r, box in zip(mine, boxes):
         by_image[r["image_id"]].append(_Detection(r["image_id"], r["category_id"], float(r["score"]), box))
-    return {i: sorted(ds, key=lambda d: -d.score) for i, ds in by_image.items()}
+    return {i: _best_per_category(ds) for i, ds in by_image.items()}
+
+
+def _best_per_category(dets: list) -> list:
+    kept, seen = [], defaultdict(int)
+    for d in sorted(dets, key=lambda d: -d.score):
+        seen[d.category_id] += 1
+        if seen[d.category_id] <= MAX_DETECTIONS:
+            kept.append(d)
+    return kept
 
 
 def _overlaps(dets: list, boxes: np.ndarray) -> np.ndarray:

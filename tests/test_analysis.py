@@ -164,3 +164,17 @@ def test_a_set_of_one_category(val, tmp_path):
     rows, matrix, errors = analyse(one, gt_as_detections(one))
     assert len(rows) == 1 and rows[0].AP == pytest.approx(1.0) and matrix.shape == (2, 2)
     assert matrix[0, 0] == len(data["annotations"]) and errors["AP"] == pytest.approx(1.0)
+
+
+def test_the_error_breakdown_counts_only_the_detections_cocoeval_counts(val):
+    """COCOeval keeps the 100 best detections of each image and category: objects found only
+    below them count as missed in the breakdown too, so its AP is still COCOeval's AP50."""
+    results = gt_as_detections(val, score=0.5)
+    for image_id in val.ids:  # 100 better-scored detections far from everything, in every image
+        results += [{"image_id": image_id, "category_id": val.category_ids[0], "bbox": [0.0, 0.0, 2.0, 2.0],
+                     "score": 0.9} for _ in range(100)]
+    evaluation = coco_evaluate(val.coco, results, verbose=False)
+    errors = error_breakdown(val.coco, results, val.ids)
+    assert evaluation.stats["AP50"] < 0.99  # the first category's objects are below its 100 junk boxes
+    assert errors["AP"] == pytest.approx(evaluation.stats["AP50"], abs=1e-6)
+    assert errors["count"]["missed"] == counts_by_category(val)[val.category_ids[0]]
