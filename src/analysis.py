@@ -3,8 +3,8 @@ error breakdown in the spirit of TIDE (Bolya et al., 2020) and the images that f
 
 Everything starts from COCO-format ground truth and detections (pixels, COCO xywh boxes). The
 per-class figures and curves are read from COCOeval's own arrays (:class:`~src.coco_eval.Evaluation`),
-so a class's AP is what COCOeval gives for that class alone. The confusion matrix comes from
-faster-coco-eval's class-agnostic matching. The error breakdown is written here: the authors'
+so a class's AP is what COCOeval gives for that class alone. The confusion matrix follows
+faster-coco-eval's class-agnostic matching (tested against it). The error breakdown is written here: the authors'
 package (tidecv) needs segmentation fields in every annotation and pulls in pandas and seaborn.
 """
 from collections import defaultdict
@@ -17,6 +17,7 @@ from torchvision.ops import box_iou
 from .coco_eval import Evaluation
 
 RECALL_THRESHOLDS = np.linspace(0, 1, 101)  # COCO's
+MAX_DETECTIONS = 100  # COCOeval's maxDets: per image and category (per image, class-agnostic)
 ERROR_TYPES = ["classification", "localization", "both", "duplicate", "background", "missed"]
 
 
@@ -97,47 +98,46 @@ def pr_curves(evaluation: Evaluation) -> dict:
 
 def confusion_matrix(coco_gt, results: list[dict], category_ids: list, min_score: float, iou: float = 0.5):
     """Counts of (true category, predicted category) for the detections scoring at least
-    ``min_score``, each matched to the ground truth it overlaps most (IoU >= ``iou``, whatever
-    its category: faster-coco-eval's class-agnostic matching, greedy by score; crowds ignored).
+    ``min_score``. The matching is faster-coco-eval's class-agnostic one (its ``PreviewResults``,
+    the test's reference): per image, the 100 best detections by descending score, each taking
+    the free ground truth it overlaps most at IoU >= ``iou`` whatever its category. A detection
+    that matches nothing but lies in a crowd region (``iou`` of its area) is ignored, as COCOeval
+    does (the library would count it a hit of the crowd's category). Written here because the
+    library copies both sets and evaluates everything: it cost more than the rest of the report.
 
     :return: (K+1, K+1) int array in ``category_ids`` order: rows the truth, columns the
         prediction; the last row is background (a detection that matched nothing), the last
         column "missed" (a ground-truth object no detection matched)
     """
-    from faster_coco_eval import COCO as FastCOCO
-    from faster_coco_eval.extra import PreviewResults
     k = len(category_ids)
+    index = {c: i for i, c in enumerate(category_ids)}
     matrix = np.zeros((k + 1, k + 1), dtype=np.int64)
-    kept = [dict(r) for r in results if r["score"] >= min_score]
-    gt = FastCOCO(_bare(coco_gt.dataset), use_deepcopy=False)  # PreviewResults copies it again
-    if not kept:
-        for a in coco_gt.dataset["annotations"]:
-            if not a["iscrowd"]:
-                matrix[category_ids.index(a["category_id"]), k] += 1
-        return matrix
-    preview = PreviewResults(gt, gt.loadRes(kept), iou_tresh=iou, useCats=False)
-    theirs = preview.compute_confusion_matrix()  # (K, K+2), their category order; + fp, fn columns
-    order = [category_ids.index(c) for c in preview.cocoGt.cats]  # their index -> ours
-    for i, ours_i in enumerate(order):
-        for j, ours_j in enumerate(order):
-            matrix[ours_i, ours_j] = theirs[i, j]
-        matrix[k, ours_i] = theirs[i, -2]  # detections of category i that matched nothing
-        matrix[ours_i, k] = theirs[i, -1]  # ground truth of category i that nothing matched
+    by_image = defaultdict(list)
+    for r in results:
+        if r["score"] >= min_score:
+            by_image[r["image_id"]].append(r)
+    for image_id, image in _images(coco_gt, coco_gt.getImgIds()).items():
+        ranked = sorted(by_image.get(image_id, []), key=lambda r: -r["score"])[:MAX_DETECTIONS]
+        dets = [_Detection(image_id, r["category_id"], r["score"], box)
+                for r, box in zip(ranked, _ltrb([r["bbox"] for r in ranked]).numpy())]
+        ious, crowd = _overlaps(dets, image.boxes), _crowd_cover(dets, image.crowds)
+        free = np.ones(len(image.boxes), dtype=bool)
+        for i, d in enumerate(dets):
+            candidates = np.where(free & (ious[i] >= iou), ious[i], -1.0)
+            if len(candidates) and candidates.max() >= iou:
+                j = int(candidates.argmax())
+                free[j] = False
+                matrix[index[int(image.categories[j])], index[d.category_id]] += 1
+            elif crowd[i] < iou:
+                matrix[k, index[d.category_id]] += 1
+        for j in np.flatnonzero(free):
+            matrix[index[int(image.categories[j])], k] += 1
     return matrix
-
-
-def _bare(dataset: dict) -> dict:
-    """A new COCO dict with only the fields box matching reads (segmentations and extra keys
-    dropped), so that the copies faster-coco-eval makes stay cheap; ``dataset`` is not touched."""
-    ann_keys = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
-    return {"images": [{k: im[k] for k in ("id", "width", "height") if k in im} for im in dataset["images"]],
-            "annotations": [{k: a[k] for k in ann_keys if k in a} for a in dataset["annotations"]],
-            "categories": [{"id": c["id"], "name": c["name"]} for c in dataset["categories"]]}
 
 
 # --- the error breakdown -------------------------------------------------------------------------
 
-@dataclass
+@dataclass(slots=True)
 class _Detection:
     image_id: int
     category_id: int
@@ -149,7 +149,7 @@ class _Detection:
     target: tuple | None = None  # (image id, index of the ground truth) an error is about
 
 
-@dataclass
+@dataclass(slots=True)
 class _Image:
     """One image's ground truth: boxes (n, 4) ltrb, their categories, crowd regions (c, 4)."""
     boxes: np.ndarray
@@ -166,9 +166,6 @@ def _images(coco_gt, image_ids) -> dict:
                                   np.array([a["category_id"] for a in plain], dtype=np.int64),
                                   _ltrb([a["bbox"] for a in anns if a["iscrowd"]]).numpy())
     return images
-
-
-MAX_DETECTIONS = 100  # per image and category, COCOeval's maxDets: lower-scored ones count nowhere
 
 
 def _detections(results, image_ids) -> dict:

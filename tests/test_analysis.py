@@ -178,3 +178,51 @@ def test_the_error_breakdown_counts_only_the_detections_cocoeval_counts(val):
     assert evaluation.stats["AP50"] < 0.99  # the first category's objects are below its 100 junk boxes
     assert errors["AP"] == pytest.approx(evaluation.stats["AP50"], abs=1e-6)
     assert errors["count"]["missed"] == counts_by_category(val)[val.category_ids[0]]
+
+
+def faster_coco_eval_confusion(coco_gt, results, category_ids, min_score, iou=0.5):
+    """The reference: faster-coco-eval's PreviewResults, in our category order."""
+    from faster_coco_eval import COCO as FastCOCO
+    from faster_coco_eval.extra import PreviewResults
+    k = len(category_ids)
+    matrix = np.zeros((k + 1, k + 1), dtype=np.int64)
+    gt = FastCOCO(coco_gt.dataset, use_deepcopy=True)
+    preview = PreviewResults(gt, gt.loadRes([dict(r) for r in results if r["score"] >= min_score]),
+                             iou_tresh=iou, useCats=False)
+    theirs = preview.compute_confusion_matrix()  # (K, K+2), their category order; + fp, fn columns
+    order = [category_ids.index(c) for c in preview.cocoGt.cats]
+    for i, ours_i in enumerate(order):
+        for j, ours_j in enumerate(order):
+            matrix[ours_i, ours_j] = theirs[i, j]
+        matrix[k, ours_i], matrix[ours_i, k] = theirs[i, -2], theirs[i, -1]
+    return matrix
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_confusion_matrix_is_faster_coco_evals(val, seed):
+    """Noisy, relabelled and background detections: the same counts as the library's."""
+    g = torch.Generator().manual_seed(seed)
+    results = noisy_detections(val, seed)
+    for r in list(results):
+        if torch.rand(1, generator=g) < 0.3:  # another category on the same place
+            category = val.category_ids[int(torch.randint(len(val.category_ids), (1,), generator=g))]
+            results.append({**r, "category_id": category, "score": float(torch.rand(1, generator=g))})
+    for min_score in (0.0, 0.3):
+        ours = confusion_matrix(val.coco, results, val.category_ids, min_score)
+        assert (ours == faster_coco_eval_confusion(val.coco, results, val.category_ids, min_score)).all()
+    assert ours[:-1, :-1].sum() > 0 and ours[-1].sum() > 0  # matches and background both met
+
+
+def test_a_detection_on_a_crowd_is_counted_nowhere(val, tmp_path):
+    """As COCOeval ignores it (faster-coco-eval would count it a hit of the crowd's category)."""
+    data = json.loads(open(val.annotation_file).read())
+    crowd = data["annotations"][0]
+    crowd["iscrowd"] = 1
+    (tmp_path / "crowd.json").write_text(json.dumps(data))
+    with_crowd = CocoDetection(val.image_dir, str(tmp_path / "crowd.json"))
+    results = gt_as_detections(val)  # the crowd given back too, as a detection of its category
+    matrix = confusion_matrix(with_crowd.coco, results, val.category_ids, 0.3)
+    n = counts_by_category(val)
+    n[crowd["category_id"]] -= 1
+    assert [matrix[i, i] for i in range(len(n))] == [n[c] for c in val.category_ids]
+    assert matrix[-1].sum() == 0 and matrix[:, -1].sum() == 0 and matrix.sum() == sum(n.values())
