@@ -59,7 +59,7 @@ def get_args_parser():
                    help="training step (default: by device)")
     p.add_argument("--repeats", type=positive_int, default=3, help="timed runs; the median is reported")
     p.add_argument("--eval-batch-size", type=positive_int, default=None,
-                   help="test_dataset.py's --batch-size (default: as there, 32 on a GPU, 8 on a CPU)")
+                   help="test_dataset.py's --batch-size (default: as there, 32 on a GPU, 2 on a CPU)")
     p.add_argument("--memory-iters", type=positive_int, default=500)
     p.add_argument("--matching-batch", type=positive_int, nargs=2, default=[32, 400], metavar=("N", "M"),
                    help="images and boxes per image of the matching memory test")
@@ -240,7 +240,7 @@ def bench_decode(args, device, rows):
         groups = (boxes.flatten(0, 1), scores.flatten(0, 1), valid.flatten(0, 1), 0.5)
         for n_threads in sorted(set(threads)):
             row = {"section": "decode", "profile": profile, "threads": n_threads,
-                   "candidates_per_image": int(valid.sum()) // 8, "groups_with_candidates": int(valid.any(1).sum())}
+                   "candidates_per_image": int(valid.sum()) // 8, "groups_per_image": int(valid.any(2).sum()) // 8}
             for name, method in NMS_METHODS.items():
                 row[f"nms_ms_per_image[{name}]"] = timer_ms(lambda: method(*groups), n_threads, budget) / 8
                 whole = Postprocessor.for_spec(get_spec("ssd"), device, nms=name)
@@ -425,7 +425,7 @@ def bench_eval(args, device, rows):
 
 
 def report_set(args):
-    """The demo's val set: 100 images of 240x320, its own three categories."""
+    """The demo's val set: 100 images of 240x320, its own four categories."""
     root = os.path.join(tempfile.gettempdir(), "ssd_benchmark_toy_demo")
     if not os.path.exists(coco_paths(root, "val")[0]):
         write_split(root, "val", 100, seed=1, size=(240, 320))
@@ -436,7 +436,7 @@ def report_set(args):
 def bench_report(args, device, rows):
     """What the evaluation report (test_dataset.py --report: tables, figures, a gallery of 12,
     index.html) adds to the plain evaluation, side by side on the same detections. Two sets: the
-    demo's val set (3 categories) and the toy val set declaring COCO's 80 (the heavy case: 80
+    demo's val set (4 categories) and the toy val set declaring COCO's 80 (the heavy case: 80
     curves, an 81x81 confusion figure). The scores have a trained model's profile: many detections."""
     from src.report import build, write_report
     batch = args.eval_batch_size or eval_batch_size(device)

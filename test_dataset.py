@@ -52,7 +52,7 @@ def get_args_parser():
     p.add_argument("--annotations", help="any COCO-format annotation file (with --images)")
     p.add_argument("--images", help="the image folder of --annotations")
     p.add_argument("--batch-size", type=positive_int, default=None,
-                   help="images per forward pass (default: 32 on a GPU, 8 on a CPU, where it is faster)")
+                   help="images per forward pass (default: 32 on a GPU, 2 on a CPU, where it is faster)")
     p.add_argument("--num-workers", type=non_negative_int, default=4)
     p.add_argument("--json", help="write the detections here in COCO results format")
     p.add_argument("--output", help="also draw every image's detections into this folder")
@@ -63,8 +63,8 @@ def get_args_parser():
                         "breakdown, the worst images, index.html")
     p.add_argument("--gallery", type=non_negative_int, default=12, help="worst images shown in the report")
     p.add_argument("--timings", action="store_true",
-                   help="print where the time went: start-up, checkpoint, annotations, reading, forward, decoding, "
-                        "COCOeval, writing")
+                   help="print where the time went: start-up, annotations, checkpoint, reading, forward, decoding, "
+                        "COCOeval, report, writing")
     p.add_argument("--max-bad-images", type=fraction, default=0.05,
                    help="share of the listed images that may be missing before it is an error")
     return p
