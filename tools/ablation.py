@@ -72,8 +72,8 @@ def apply_patches(train, patches):
     if "drop-empty" in patches:  # images without objects left out of training (NVIDIA's, the original's)
         build = train.build_datasets
 
-        def without_empty(args):
-            train_set, val_set = build(args)
+        def without_empty(args, *rest):
+            train_set, val_set = build(args, *rest)
             train_set.ids = [i for i in train_set.ids if train_set.coco.imgToAnns.get(i)]
             return train_set, val_set
         train.build_datasets = without_empty
