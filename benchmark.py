@@ -30,22 +30,22 @@ from torchvision.io import decode_jpeg, read_file
 from torchvision.ops import box_iou
 from torchvision.transforms import v2
 
-from src.box_coder import BoxCoder, pad_targets
-from src.checkpoint import load_model
+from src.checkpoints.schema import load_model
 from src.cli import ArgumentParser, default_device, device_name, positive_int, run_cli
-from src.coco_eval import coco_evaluate, to_coco_results
-from src.coco_names import COCO_CATEGORIES
-from src.dataset import CocoDetection, coco_paths, collate, read_rgb
-from src.engine import Step, autocast, eval_batch_size, evaluate, train_step
-from src.errors import UserError
-from src.loss import MultiBoxLoss
-from src.model import build_model
-from src.optim import param_groups
-from src.outputs import OutputGuard
-from src.postprocess import NMS_METHODS, Postprocessor
-from src.specs import MODEL_NAMES, get_spec
-from src.toy_dataset import write_split
-from src.transforms import IMAGENET_MEAN, IMAGENET_STD, IOU_CROP_OPTIONS, train_transforms, val_transforms
+from src.data.categories import COCO_CATEGORIES
+from src.data.dataset import CocoDetection, coco_paths, collate, read_rgb
+from src.data.toy_dataset import write_split
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, IOU_CROP_OPTIONS, train_transforms, val_transforms
+from src.evaluation.coco_eval import coco_evaluate, to_coco_results
+from src.models.box_coder import BoxCoder, pad_targets
+from src.models.loss import MultiBoxLoss
+from src.models.postprocess import NMS_METHODS, Postprocessor
+from src.models.specs import MODEL_NAMES, get_spec
+from src.models.ssd import build_model
+from src.training.loop import Step, autocast, eval_batch_size, evaluate, train_step
+from src.training.optim import param_groups
+from src.utils.errors import UserError
+from src.utils.outputs import OutputGuard
 
 SECTIONS = ["train", "inference", "decode", "data", "eval", "report", "memory", "matching"]
 
@@ -438,7 +438,7 @@ def bench_report(args, device, rows):
     index.html) adds to the plain evaluation, side by side on the same detections. Two sets: the
     demo's val set (4 categories) and the toy val set declaring COCO's 80 (the heavy case: 80
     curves, an 81x81 confusion figure). The scores have a trained model's profile: many detections."""
-    from src.report import build, write_report
+    from src.evaluation.report import build, write_report
     batch = args.eval_batch_size or eval_batch_size(device)
     for name, dataset in (("toy", report_set(args)), ("coco80", eval_set(args))):
         net = TrainedScoreProfile(build_model("ssdlite", dataset.num_classes)).to(device).eval()
@@ -485,8 +485,8 @@ def bench_memory(args, device, rows):
 MATCHING_PROBE = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from src.box_coder import BoxCoder, pad_targets
-from src.specs import get_spec
+from src.models.box_coder import BoxCoder, pad_targets
+from src.models.specs import get_spec
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
 n, m, chunk = {n}, {m}, {chunk}
@@ -505,7 +505,7 @@ def bench_matching(args, device, rows):
     """Peak extra memory of matching a dense batch (N=32 images of M=400 boxes, SSD300's 8732
     default boxes), as matching now runs (in chunks of images) and all at once as it did, each
     in a fresh process (the peak RSS of a process only grows)."""
-    from src.box_coder import MATCH_CHUNK_ELEMENTS
+    from src.models.box_coder import MATCH_CHUNK_ELEMENTS
     n, m = args.matching_batch
     peaks = {}
     for name, chunk in [("chunked", MATCH_CHUNK_ELEMENTS), ("all at once", 2**62)]:

@@ -14,10 +14,10 @@ import os
 import shutil
 
 from src.cli import ArgumentParser, run_cli
-from src.dataset import read_source
-from src.errors import UserError
-from src.formats import DEFAULT_SPLITS, dataset_folders, source
-from src.outputs import OutputGuard
+from src.data.dataset import read_source
+from src.data.formats import DEFAULT_SPLITS, dataset_folders, source
+from src.utils.errors import UserError
+from src.utils.outputs import OutputGuard
 
 
 def get_args_parser():

@@ -13,10 +13,10 @@ import time
 import cv2
 
 from src.cli import ArgumentParser, positive_float, positive_int, run_cli, training_batch_size
-from src.dataset import coco_paths, load_coco
-from src.errors import UserError
-from src.outputs import OutputGuard
-from src.toy_dataset import generate
+from src.data.dataset import coco_paths, load_coco
+from src.data.toy_dataset import generate
+from src.utils.errors import UserError
+from src.utils.outputs import OutputGuard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOCS = ("demo_detection.jpg", "demo_curves.png", "demo_confusion.png", "demo_pr_curves.png")  # --docs copies

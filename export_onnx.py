@@ -17,14 +17,14 @@ import warnings
 import numpy as np
 import torch
 
-from src.checkpoint import load_model
+from src.checkpoints.published import local_path
+from src.checkpoints.schema import load_model
 from src.cli import ArgumentParser, fraction, run_cli
-from src.errors import UserError
-from src.export import ExportableSSD
-from src.outputs import OutputGuard
-from src.postprocess import Postprocessor
-from src.published import local_path
-from src.specs import MODEL_NAMES
+from src.inference.export import ExportableSSD
+from src.models.postprocess import Postprocessor
+from src.models.specs import MODEL_NAMES
+from src.utils.errors import UserError
+from src.utils.outputs import OutputGuard
 
 OPSETS = range(11, 21)  # exported and run with onnxruntime, raw and with NMS, in the tests
 

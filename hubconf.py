@@ -3,11 +3,11 @@
     model, detector = torch.hub.load("path/to/this/clone", "ssd300_resnet50", source="local", pretrained="nvidia")
     detections = detector([image])  # uint8 RGB (3, H, W) tensors -> boxes in pixels, labels, scores, names
 
-Each entry returns the model (eval mode) and a :class:`src.detector.Detector` ready for images.
+Each entry returns the model (eval mode) and a :class:`src.inference.detector.Detector` ready for images.
 """
-from src.checkpoint import load_model
-from src.detector import Detector
-from src.model import build_model
+from src.checkpoints.schema import load_model
+from src.inference.detector import Detector
+from src.models.ssd import build_model
 
 dependencies = ["torch", "torchvision", "cv2", "pycocotools"]
 

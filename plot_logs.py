@@ -8,8 +8,8 @@ import matplotlib
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.cli import ArgumentParser, run_cli
-from src.errors import UserError
-from src.outputs import OutputGuard
+from src.utils.errors import UserError
+from src.utils.outputs import OutputGuard
 
 matplotlib.use("Agg")  # files only, no window
 import matplotlib.pyplot as plt  # noqa: E402

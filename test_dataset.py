@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import torch
 
-from src.checkpoint import load_model
+from src.checkpoints.published import local_path
+from src.checkpoints.schema import load_model
 from src.cli import (
     ArgumentParser,
     add_detector_args,
@@ -22,20 +23,19 @@ from src.cli import (
     positive_int,
     run_cli,
 )
-from src.dataset import dataset_from, read_rgb
-from src.detector import Detections
-from src.distributed import cleanup, init_distributed, is_main_process
-from src.draw import draw_detections
-from src.engine import eval_batch_size, evaluate
-from src.errors import ImageReadError, UserError
-from src.formats import DEFAULT_SPLITS, FORMATS, Source, dataset_folders, detect_format, source
-from src.outputs import OutputGuard
-from src.postprocess import Postprocessor
-from src.published import local_path
-from src.report import build, print_table, report_files, write_report
-from src.stopwatch import Stopwatch, process_age
-from src.transforms import val_transforms
-from src.voc_eval import voc_evaluate
+from src.data.dataset import dataset_from, read_rgb
+from src.data.formats import DEFAULT_SPLITS, FORMATS, Source, dataset_folders, detect_format, source
+from src.data.transforms import val_transforms
+from src.evaluation.report import build, print_table, report_files, write_report
+from src.evaluation.voc_eval import voc_evaluate
+from src.inference.detector import Detections
+from src.inference.draw import draw_detections
+from src.models.postprocess import Postprocessor
+from src.training.loop import eval_batch_size, evaluate
+from src.utils.distributed import cleanup, init_distributed, is_main_process
+from src.utils.errors import ImageReadError, UserError
+from src.utils.outputs import OutputGuard
+from src.utils.stopwatch import Stopwatch, process_age
 
 
 def get_args_parser():

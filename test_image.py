@@ -10,6 +10,7 @@ import sys
 
 import cv2
 
+from src.checkpoints.published import local_path
 from src.cli import (
     ArgumentParser,
     add_categories_arg,
@@ -19,12 +20,11 @@ from src.cli import (
     positive_int,
     run_cli,
 )
-from src.dataset import read_rgb
-from src.detector import Detector
-from src.draw import draw_detections
-from src.errors import ImageReadError, UserError
-from src.outputs import OutputGuard, not_our_outputs
-from src.published import local_path
+from src.data.dataset import read_rgb
+from src.inference.detector import Detector
+from src.inference.draw import draw_detections
+from src.utils.errors import ImageReadError, UserError
+from src.utils.outputs import OutputGuard, not_our_outputs
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

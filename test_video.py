@@ -10,6 +10,7 @@ import time
 import cv2
 from tqdm import tqdm
 
+from src.checkpoints.published import local_path
 from src.cli import (
     ArgumentParser,
     add_categories_arg,
@@ -19,11 +20,10 @@ from src.cli import (
     positive_int,
     run_cli,
 )
-from src.detector import Detector, bgr_to_tensor
-from src.draw import draw_detections
-from src.errors import UserError
-from src.outputs import OutputGuard
-from src.published import local_path
+from src.inference.detector import Detector, bgr_to_tensor
+from src.inference.draw import draw_detections
+from src.utils.errors import UserError
+from src.utils.outputs import OutputGuard
 
 CODECS = {".mp4": "mp4v", ".avi": "MJPG"}
 

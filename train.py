@@ -16,9 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
-from src.analysis import RECALL_THRESHOLDS
-from src.box_coder import BoxCoder
-from src.checkpoint import load_matching_weights, load_model_weights, save_atomic
+from src.checkpoints.published import local_path
+from src.checkpoints.schema import load_matching_weights, load_model_weights, save_atomic
 from src.cli import (
     ArgumentParser,
     default_device,
@@ -33,19 +32,19 @@ from src.cli import (
     training_batch_size,
     zoom_factor,
 )
-from src.dataset import collate, dataset_from, loader_workers, read_rgb, read_source, worker_init
-from src.detector import Detections
-from src.distributed import broadcast_buffers, cleanup, init_distributed, is_main_process
-from src.engine import Step, epoch_summary, evaluate, train_one_epoch
-from src.errors import CheckpointError, DatasetError, ImageReadError, UserError
-from src.formats import DEFAULT_SPLITS, FORMATS, dataset_folders, detect_format, merge, source
-from src.loss import MultiBoxLoss
-from src.model import BACKBONE_WEIGHTS, build_model
-from src.optim import param_groups, scaled_lr, warmup_multistep
-from src.outputs import FolderLock, OutputGuard, identity
-from src.postprocess import Postprocessor
-from src.published import local_path
-from src.resume import (
+from src.data.dataset import collate, dataset_from, loader_workers, read_rgb, read_source, worker_init
+from src.data.formats import DEFAULT_SPLITS, FORMATS, dataset_folders, detect_format, merge, source
+from src.data.transforms import train_transforms, val_transforms
+from src.evaluation.analysis import RECALL_THRESHOLDS
+from src.inference.detector import Detections
+from src.models.box_coder import BoxCoder
+from src.models.loss import MultiBoxLoss
+from src.models.postprocess import Postprocessor
+from src.models.specs import MODEL_NAMES
+from src.models.ssd import BACKBONE_WEIGHTS, build_model
+from src.training.loop import Step, epoch_summary, evaluate, train_one_epoch
+from src.training.optim import param_groups, scaled_lr, warmup_multistep
+from src.training.resume import (
     ResumableSampler,
     begin_epoch,
     capture,
@@ -54,9 +53,10 @@ from src.resume import (
     rng_states,
     seed_everything,
 )
-from src.specs import MODEL_NAMES
-from src.stop import GracefulStop
-from src.transforms import train_transforms, val_transforms
+from src.training.stop import GracefulStop
+from src.utils.distributed import broadcast_buffers, cleanup, init_distributed, is_main_process
+from src.utils.errors import CheckpointError, DatasetError, ImageReadError, UserError
+from src.utils.outputs import FolderLock, OutputGuard, identity
 
 EMPTY_NEGATIVES = 30  # hard negatives of an image without objects: those of an image with 10 positives
 CROP = "nvidia"  # NVIDIA's and the original's crop search: what the ablation chose (README, Results)

@@ -7,10 +7,10 @@ import sys
 import cv2
 import torch
 
-from .dataset import load_coco
-from .errors import UserError
-from .published import PUBLISHED, local_path
-from .specs import MODEL_NAMES
+from src.checkpoints.published import PUBLISHED, local_path
+from src.data.dataset import load_coco
+from src.models.specs import MODEL_NAMES
+from src.utils.errors import UserError
 
 
 class ArgumentParser(argparse.ArgumentParser):

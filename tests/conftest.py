@@ -67,7 +67,7 @@ def kit_state_dict(kit_shapes):
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory):
     """A tiny toy COCO set in the original layout (train 12, val 6 images of 240x320)."""
-    from src.toy_dataset import write_split
+    from src.data.toy_dataset import write_split
     root = str(tmp_path_factory.mktemp("toy"))
     write_split(root, "train", 12, seed=0, size=(240, 320))
     write_split(root, "val", 6, seed=1, size=(240, 320))

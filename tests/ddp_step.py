@@ -13,14 +13,14 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from src.box_coder import BoxCoder  # noqa: E402
-from src.default_boxes import default_boxes  # noqa: E402
-from src.distributed import cleanup, init_distributed  # noqa: E402
-from src.engine import Step, train_step  # noqa: E402
-from src.loss import MultiBoxLoss  # noqa: E402
-from src.model import build_model  # noqa: E402
-from src.optim import param_groups  # noqa: E402
-from src.specs import SSDLITE  # noqa: E402
+from src.models.box_coder import BoxCoder  # noqa: E402
+from src.models.default_boxes import default_boxes  # noqa: E402
+from src.models.loss import MultiBoxLoss  # noqa: E402
+from src.models.specs import SSDLITE  # noqa: E402
+from src.models.ssd import build_model  # noqa: E402
+from src.training.loop import Step, train_step  # noqa: E402
+from src.training.optim import param_groups  # noqa: E402
+from src.utils.distributed import cleanup, init_distributed  # noqa: E402
 
 GLOBAL_BATCH = 4
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from pycocotools.cocoeval import COCOeval
 
-from src.analysis import ERROR_TYPES, confusion_matrix, error_breakdown, per_class, pr_curves, worst_images
-from src.coco_eval import coco_evaluate
-from src.dataset import CocoDetection, coco_paths
+from src.data.dataset import CocoDetection, coco_paths
+from src.evaluation.analysis import ERROR_TYPES, confusion_matrix, error_breakdown, per_class, pr_curves, worst_images
+from src.evaluation.coco_eval import coco_evaluate
 
 
 @pytest.fixture(scope="module")

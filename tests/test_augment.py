@@ -7,9 +7,9 @@ from torchvision import tv_tensors
 from torchvision.ops import box_iou
 from torchvision.transforms.v2 import functional as F
 
-from src import augment
-from src.augment import Geometry
-from src.transforms import IOU_CROP_OPTIONS, SSDAugmentation
+from src.data import augment
+from src.data.augment import Geometry
+from src.data.transforms import IOU_CROP_OPTIONS, SSDAugmentation
 
 FILL = [124, 116, 104]
 

@@ -21,7 +21,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from src.cli import run_cli
-from src.model import build_model
+from src.models.ssd import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -398,7 +398,8 @@ def test_the_table_holds_in_a_real_process(case_id, sandbox):
 
 def test_a_save_folder_in_use_is_refused(sandbox, monkeypatch, capfd):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from src.outputs import FolderLock; FolderLock(sys.argv[1]).acquire(); print('held', flush=True);"
+        "import sys; from src.utils.outputs import FolderLock; FolderLock(sys.argv[1]).acquire();"
+        " print('held', flush=True);"
         " sys.stdin.read()"), str(sandbox / "save")], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True)
     try:

@@ -1,9 +1,9 @@
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from src.box_coder import BoxCoder, batched_box_iou, pad_targets
-from src.default_boxes import default_boxes
-from src.specs import SSDLITE
+from src.models.box_coder import BoxCoder, batched_box_iou, pad_targets
+from src.models.default_boxes import default_boxes
+from src.models.specs import SSDLITE
 
 
 def coder():

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from src.checkpoint import (
+from src.checkpoints.schema import (
     infer_model_name,
     infer_num_classes,
     load_model_weights,
@@ -11,8 +11,8 @@ from src.checkpoint import (
     read_checkpoint,
     save_atomic,
 )
-from src.errors import CheckpointError
-from src.model import build_model
+from src.models.ssd import build_model
+from src.utils.errors import CheckpointError
 
 
 class RunsCode:

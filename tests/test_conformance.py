@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from src.box_coder import BoxCoder, pad_targets
-from src.checkpoint import adapt_state_dict, load_model_weights, model_state_dict
-from src.default_boxes import default_boxes
-from src.loss import MultiBoxLoss
-from src.model import build_model
-from src.postprocess import Postprocessor
-from src.specs import get_spec
+from src.checkpoints.schema import adapt_state_dict, load_model_weights, model_state_dict
+from src.models.box_coder import BoxCoder, pad_targets
+from src.models.default_boxes import default_boxes
+from src.models.loss import MultiBoxLoss
+from src.models.postprocess import Postprocessor
+from src.models.specs import get_spec
+from src.models.ssd import build_model
 
 MODELS = ["ssd", "ssdlite"]
 

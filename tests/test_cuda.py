@@ -15,9 +15,9 @@ import pytest
 import torch
 from test_train import ROOT, TORCHRUN, free_port, train_cmd
 
-from src.checkpoint import load_model
-from src.dataset import coco_paths
-from src.toy_dataset import write_split
+from src.checkpoints.schema import load_model
+from src.data.dataset import coco_paths
+from src.data.toy_dataset import write_split
 
 DEVICE = os.environ.get("SSD_TEST_DEVICE", "cuda")
 pytestmark = [pytest.mark.cuda, pytest.mark.slow,

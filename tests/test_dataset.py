@@ -9,9 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from src.dataset import CocoDetection, _is_jpeg_complete, coco_paths, collate, eval_loader, loader_workers, read_rgb
-from src.errors import DatasetError, ImageReadError
-from src.transforms import train_transforms, val_transforms
+from src.data.dataset import (
+    CocoDetection,
+    _is_jpeg_complete,
+    coco_paths,
+    collate,
+    eval_loader,
+    loader_workers,
+    read_rgb,
+)
+from src.data.transforms import train_transforms, val_transforms
+from src.utils.errors import DatasetError, ImageReadError
 
 
 def _write(folder, name, mode, size=(64, 48)):
@@ -216,7 +224,7 @@ def test_an_image_of_another_size_keeps_its_boxes_scaled_and_says_so(tmp_path):
 
 
 def test_every_epoch_and_sample_draws_its_own_augmentation_seed():
-    from src.resume import ResumableSampler
+    from src.training.resume import ResumableSampler
     data = list(range(8))
     a = ResumableSampler(data, num_replicas=2, rank=0, shuffle=True, seed=3)
     b = ResumableSampler(data, num_replicas=2, rank=1, shuffle=True, seed=3)

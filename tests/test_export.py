@@ -9,12 +9,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from src.box_coder import BoxCoder
-from src.default_boxes import default_boxes
-from src.export import ExportableSSD
-from src.model import build_model
-from src.postprocess import Postprocessor
-from src.specs import SSDLITE
+from src.inference.export import ExportableSSD
+from src.models.box_coder import BoxCoder
+from src.models.default_boxes import default_boxes
+from src.models.postprocess import Postprocessor
+from src.models.specs import SSDLITE
+from src.models.ssd import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +33,7 @@ def test_raw_outputs_match_pytorch(name, kit_state_dict, tmp_path):
     torch.save({"model": kit_state_dict(name)}, ckpt)  # NVIDIA's form
     session = export(ckpt, tmp_path / "m.onnx")
     model = build_model(name, 81).eval()
-    from src.checkpoint import load_model_weights
+    from src.checkpoints.schema import load_model_weights
     load_model_weights(model, kit_state_dict(name))
     x = torch.randn(2, 3, 300, 300, generator=torch.Generator().manual_seed(0))  # batch 2: the axis is dynamic
     with torch.no_grad():

@@ -13,9 +13,9 @@ import pytest
 import torch
 from test_train import PY, ROOT, TORCHRUN, ckpt, free_port, run, train_cmd, wait_for
 
-from src.checkpoint import read_checkpoint, save_atomic
-from src.errors import CheckpointError
-from src.model import build_model
+from src.checkpoints.schema import read_checkpoint, save_atomic
+from src.models.ssd import build_model
+from src.utils.errors import CheckpointError
 
 pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves this file out
 

@@ -12,17 +12,17 @@ import torch
 from export_formats import to_voc, to_yolo
 from test_train import ROOT
 
-from src.box_coder import BoxCoder
-from src.coco_eval import coco_evaluate
-from src.dataset import CocoDetection, collate, dataset_from
-from src.engine import Step, train_step
-from src.errors import DatasetError
-from src.formats import detect_format, merge, source
-from src.loss import MultiBoxLoss
-from src.model import build_model
-from src.optim import param_groups, warmup_multistep
-from src.transforms import train_transforms
-from src.voc_eval import average_precision, voc_evaluate
+from src.data.dataset import CocoDetection, collate, dataset_from
+from src.data.formats import detect_format, merge, source
+from src.data.transforms import train_transforms
+from src.evaluation.coco_eval import coco_evaluate
+from src.evaluation.voc_eval import average_precision, voc_evaluate
+from src.models.box_coder import BoxCoder
+from src.models.loss import MultiBoxLoss
+from src.models.ssd import build_model
+from src.training.loop import Step, train_step
+from src.training.optim import param_groups, warmup_multistep
+from src.utils.errors import DatasetError
 
 
 @pytest.fixture(scope="module")

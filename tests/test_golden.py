@@ -4,10 +4,10 @@ import math
 
 import torch
 
-from src.box_coder import BoxCoder
-from src.default_boxes import default_boxes
-from src.loss import MultiBoxLoss
-from src.specs import SSD300, SSDLITE
+from src.models.box_coder import BoxCoder
+from src.models.default_boxes import default_boxes
+from src.models.loss import MultiBoxLoss
+from src.models.specs import SSD300, SSDLITE
 
 
 def test_first_and_last_default_boxes():

@@ -10,17 +10,17 @@ import pytest
 import torch
 from test_train import free_port
 
-from src.box_coder import BoxCoder
-from src.checkpoint import load_model
-from src.coco_eval import STAT_NAMES
-from src.coco_names import COCO_CATEGORIES
-from src.dataset import CocoDetection, coco_paths
-from src.default_boxes import default_boxes
-from src.detector import Detector
-from src.engine import evaluate
-from src.postprocess import Postprocessor
-from src.specs import SSDLITE
-from src.transforms import val_transforms
+from src.checkpoints.schema import load_model
+from src.data.categories import COCO_CATEGORIES
+from src.data.dataset import CocoDetection, coco_paths
+from src.data.transforms import val_transforms
+from src.evaluation.coco_eval import STAT_NAMES
+from src.inference.detector import Detector
+from src.models.box_coder import BoxCoder
+from src.models.default_boxes import default_boxes
+from src.models.postprocess import Postprocessor
+from src.models.specs import SSDLITE
+from src.training.loop import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -194,7 +194,7 @@ def test_architecture_and_categories_come_from_the_checkpoint(ours, published):
 
 def test_faster_coco_eval_gives_the_same_twelve_numbers(toy_root):
     pytest.importorskip("faster_coco_eval")
-    from src.coco_eval import coco_evaluate
+    from src.evaluation.coco_eval import coco_evaluate
     ann, images = coco_paths(toy_root, "val")
     dataset = CocoDetection(images, ann, val_transforms())
     g = torch.Generator().manual_seed(0)

@@ -1,9 +1,9 @@
 import torch
 
-from src.box_coder import BoxCoder, pad_targets
-from src.default_boxes import default_boxes
-from src.loss import MultiBoxLoss
-from src.specs import SSDLITE
+from src.models.box_coder import BoxCoder, pad_targets
+from src.models.default_boxes import default_boxes
+from src.models.loss import MultiBoxLoss
+from src.models.specs import SSDLITE
 
 
 def setup(num_classes=5):

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights
 
-import src.model as model_module
-from src.model import build_model
-from src.specs import get_spec
+import src.models.ssd as model_module
+from src.models.specs import get_spec
+from src.models.ssd import build_model
 
 
 @pytest.mark.parametrize("name", ["ssd", "ssdlite"])
@@ -73,5 +73,6 @@ def test_pretrained_backbone_uses_torchvision_weights(name, fn, weights, monkeyp
 def test_importing_the_package_builds_nothing():
     code = ("import torchvision.models as m, sys\n"
             "m.resnet50 = m.mobilenet_v2 = lambda *a, **k: sys.exit(3)\n"
-            "import src.model, src.loss, src.dataset, src.transforms, src.postprocess, src.checkpoint\n")
+            "import importlib, pkgutil, src\n"
+            "for m in pkgutil.walk_packages(src.__path__, 'src.'): importlib.import_module(m.name)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=model_module.__file__.rsplit("/src/", 1)[0])

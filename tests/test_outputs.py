@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from src.errors import UserError
-from src.outputs import MANIFEST, FolderLock, OutputGuard, not_our_outputs, written_by_us
+from src.utils.errors import UserError
+from src.utils.outputs import MANIFEST, FolderLock, OutputGuard, not_our_outputs, written_by_us
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +65,8 @@ def test_our_earlier_outputs_are_not_new_inputs(tmp_path):
 
 def test_the_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys; from src.outputs import FolderLock; FolderLock(sys.argv[1]).acquire(); print('held', flush=True);"
+        "import sys; from src.utils.outputs import FolderLock; FolderLock(sys.argv[1]).acquire();"
+        " print('held', flush=True);"
         " sys.stdin.read()"), str(tmp_path)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(UserError, match=rf"in use by another training run \(pid {holder.pid} on "):
@@ -82,7 +83,7 @@ def test_the_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
 
 def test_a_save_folder_made_inside_a_dataset_root_is_not_a_dataset_folder_next_time(tmp_path):
     """The first run made it; the second (a resume) must not be refused for writing where it wrote."""
-    from src.formats import dataset_folders
+    from src.data.formats import dataset_folders
     root = tmp_path / "data"
     (root / "train2017").mkdir(parents=True)
     (root / "train2017" / "1.jpg").write_bytes(b"jpeg")

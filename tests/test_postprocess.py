@@ -1,10 +1,10 @@
 import torch
 from torchvision.ops import nms
 
-from src.box_coder import BoxCoder
-from src.default_boxes import default_boxes
-from src.postprocess import NMS_METHODS, Postprocessor, greedy_nms
-from src.specs import SSDLITE
+from src.models.box_coder import BoxCoder
+from src.models.default_boxes import default_boxes
+from src.models.postprocess import NMS_METHODS, Postprocessor, greedy_nms
+from src.models.specs import SSDLITE
 
 
 def make_outputs(n, num_classes, seed):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_train import ROOT, ckpt, run, train_cmd
 
-from src.errors import CheckpointError, UserError
-from src.published import PUBLISHED, resolve_checkpoint
+from src.checkpoints.published import PUBLISHED, resolve_checkpoint
+from src.utils.errors import CheckpointError, UserError
 
 
 @pytest.fixture()
@@ -29,7 +29,7 @@ def test_nvidia_weights_download_once_into_the_hub_cache(hub_dir, kit_state_dict
 
 def test_a_download_that_is_not_ssd300_is_refused_and_removed(hub_dir, tmp_path):
     source = tmp_path / "wrong.pt"
-    from src.model import build_model
+    from src.models.ssd import build_model
     torch.save({"model": build_model("ssdlite", 81).state_dict()}, source)
     with pytest.raises(CheckpointError, match="not an 81-class SSD300"):
         resolve_checkpoint("nvidia", url=source.as_uri())

@@ -11,16 +11,16 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from src.box_coder import BoxCoder
-from src.coco_eval import coco_evaluate
-from src.dataset import CocoDetection, coco_paths, collate
-from src.default_boxes import default_boxes
-from src.engine import Step, train_step
-from src.loss import MultiBoxLoss
-from src.model import build_model
-from src.optim import param_groups, warmup_multistep
-from src.specs import SSDLITE
-from src.transforms import val_transforms
+from src.data.dataset import CocoDetection, coco_paths, collate
+from src.data.transforms import val_transforms
+from src.evaluation.coco_eval import coco_evaluate
+from src.models.box_coder import BoxCoder
+from src.models.default_boxes import default_boxes
+from src.models.loss import MultiBoxLoss
+from src.models.specs import SSDLITE
+from src.models.ssd import build_model
+from src.training.loop import Step, train_step
+from src.training.optim import param_groups, warmup_multistep
 
 pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves this file out
 

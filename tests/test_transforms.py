@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torchvision import tv_tensors
 
-from src.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms, val_transforms
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms, val_transforms
 
 TRAIN = train_transforms()
 

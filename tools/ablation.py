@@ -64,7 +64,7 @@ def apply_patches(train, patches):
     import torch
 
     from src import transforms
-    from src.model import MobileNetV2Backbone
+    from src.models.ssd import MobileNetV2Backbone
     if "six-crops" in patches:  # the crop before the paper's unconstrained option was added
         transforms.IOU_CROP_OPTIONS.remove(0.0)
     if "decay-on-all" in patches:  # weight decay on BatchNorm and biases too (the original's)
@@ -99,9 +99,9 @@ def false_positives(checkpoint, data, min_score=0.3):
     """Detections scoring at least ``min_score`` per distractor-only val image (no object there)."""
     import torch
 
-    from src.dataset import CocoDetection, coco_paths
-    from src.detector import Detector
-    from src.engine import evaluate
+    from src.data.dataset import CocoDetection, coco_paths
+    from src.inference.detector import Detector
+    from src.training.loop import evaluate
     ann, images = coco_paths(data, "val")
     detector = Detector.from_checkpoint(checkpoint)
     dataset = CocoDetection(images, ann, detector.transform)
@@ -124,7 +124,7 @@ def child(row, seed, data, out):
         [*BUDGET, *flags, "--data-path", data, "--save-folder", save, "--log-path", os.path.join(save, "tb"),
          "--seed", str(seed)])
     train.main(args)
-    from src.checkpoint import read_checkpoint
+    from src.checkpoints.schema import read_checkpoint
     last = read_checkpoint(os.path.join(save, "ssdlite.pth"))["history"][-1]
     result = {"row": row, "seed": seed, "style": os.path.basename(data), "AP": last["AP"], "AP50": last["AP50"],
               "loss": last["loss"], "fp_per_distractor_image": false_positives(os.path.join(save, "ssdlite.pth"),
@@ -137,7 +137,7 @@ def child(row, seed, data, out):
 
 def make_data(out, style):
     sys.path.insert(0, ROOT)
-    from src.toy_dataset import generate
+    from src.data.toy_dataset import generate
     data = os.path.join(out, f"toy-{style}")
     if not os.path.exists(os.path.join(data, "annotations", "instances_val2017.json")):
         generate(data, num_train=400, num_val=100, seed=0, size=(240, 320), style=style)

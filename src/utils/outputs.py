@@ -16,7 +16,7 @@ import os
 import socket
 import tempfile
 
-from .errors import UserError
+from src.utils.errors import UserError
 
 try:
     import fcntl

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoint import read_checkpoint
-from .distributed import gather_lists
-from .errors import CheckpointError
+from src.checkpoints.schema import read_checkpoint
+from src.utils.distributed import gather_lists
+from src.utils.errors import CheckpointError
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -33,7 +33,7 @@ class ResumableSampler(torch.utils.data.DistributedSampler):
     """DistributedSampler that can start an epoch part-way, after ``skip`` of this rank's samples
     (resuming mid-epoch sees the rest of the same shuffled order), and gives each sample its
     augmentation seed: it yields ``(index, sample_seed(seed, epoch, index))``, which
-    :class:`~src.dataset.CocoDetection` understands.
+    :class:`~src.data.dataset.CocoDetection` understands.
 
     Seeding per sample, in the main process, is what makes every epoch and every rank draw
     differently with persistent workers (a worker's own generator is seeded once, when it

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .box_coder import BoxCoder
+from src.models.box_coder import BoxCoder
 
 
 class MultiBoxLoss(nn.Module):

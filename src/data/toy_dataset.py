@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .errors import UserError
+from src.utils.errors import UserError
 
 CATEGORIES = [  # (id, name): ids with gaps, as in COCO
     (2, "circle"), (5, "square"), (9, "triangle"), (14, "cross"),

@@ -9,7 +9,7 @@ annotation ``id`` is numbered) and counted in the returned :class:`CocoReport`, 
 import math
 from dataclasses import dataclass
 
-from .errors import DatasetError
+from src.utils.errors import DatasetError
 
 MIN_BOX_SIDE = 1.0  # pixels; thinner boxes cannot be matched to any default box
 

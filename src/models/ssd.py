@@ -9,7 +9,7 @@ from torch import nn
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, mobilenet_v2, resnet50
 from torchvision.models.mobilenetv2 import InvertedResidual
 
-from .specs import SSDSpec, get_spec
+from src.models.specs import SSDSpec, get_spec
 
 # torchvision's ImageNet weights of each model's backbone
 BACKBONE_WEIGHTS = {"ssd": ResNet50_Weights.IMAGENET1K_V1, "ssdlite": MobileNet_V2_Weights.IMAGENET1K_V1}

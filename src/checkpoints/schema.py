@@ -16,12 +16,12 @@ import zipfile
 
 import torch
 
-from .coco_names import COCO_CATEGORIES
-from .errors import CheckpointError
-from .model import build_model
-from .outputs import default_mode
-from .published import resolve_checkpoint
-from .specs import get_spec
+from src.checkpoints.published import resolve_checkpoint
+from src.data.categories import COCO_CATEGORIES
+from src.models.specs import get_spec
+from src.models.ssd import build_model
+from src.utils.errors import CheckpointError
+from src.utils.outputs import default_mode
 
 # keys of a parameter only one of the two backbones has
 _RESNET_KEY = "feature_extractor.feature_extractor.4.0.conv1.weight"

@@ -2,7 +2,7 @@
 error breakdown in the spirit of TIDE (Bolya et al., 2020) and the images that fail most.
 
 Everything starts from COCO-format ground truth and detections (pixels, COCO xywh boxes). The
-per-class figures and curves are read from COCOeval's own arrays (:class:`~src.coco_eval.Evaluation`),
+per-class figures and curves are read from COCOeval's own arrays (:class:`~src.evaluation.coco_eval.Evaluation`),
 so a class's AP is what COCOeval gives for that class alone. The confusion matrix follows
 faster-coco-eval's class-agnostic matching (tested against it). The error breakdown is written here: the authors'
 package (tidecv) needs segmentation fields in every annotation and pulls in pandas and seaborn.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from .coco_eval import Evaluation
+from src.evaluation.coco_eval import Evaluation
 
 RECALL_THRESHOLDS = np.linspace(0, 1, 101)  # COCO's
 MAX_DETECTIONS = 100  # COCOeval's maxDets: per image and category (per image, class-agnostic)

@@ -7,7 +7,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from . import augment
+from src.data import augment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,8 +24,8 @@ class SSDAugmentation:
     """The training transform: zoom-out (up to ``zoom_out`` x; 1 turns it off), IoU-constrained
     crop, flip and resize to ``size`` in one resampling, photometric distortion on the small
     image (its ranges scaled by ``photometric``; 0 turns it off), normalisation. ``crop`` names
-    the crop search (:data:`src.augment.CROP_RULES`: "paper" or "nvidia"). See
-    :mod:`src.augment` for why this is not a ``v2.Compose``.
+    the crop search (:data:`src.data.augment.CROP_RULES`: "paper" or "nvidia"). See
+    :mod:`src.data.augment` for why this is not a ``v2.Compose``.
 
     Takes and returns ``(image, target)``: a uint8 (3, H, W) image and ``target["boxes"]``
     pixel ltrb (and optionally ``target["crowd"]`` ignore regions); returns a float

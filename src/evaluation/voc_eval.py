@@ -3,7 +3,7 @@ paper's tables) or VOC2010's all-points one; difficult objects (crowd regions of
 neither count as objects to find nor make a detection on them false.
 
 From COCO-format ground truth and detections (pixels, COCO xywh). Boxes are continuous
-coordinates (a VOC box read by :mod:`src.formats` spans ``xmin - 1 .. xmax``), so an IoU here is
+coordinates (a VOC box read by :mod:`src.data.formats` spans ``xmin - 1 .. xmax``), so an IoU here is
 the devkit's IoU with its inclusive pixel corners.
 """
 from collections import defaultdict

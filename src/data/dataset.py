@@ -12,8 +12,8 @@ import torch
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
-from .coco_check import MIN_BOX_SIDE, CocoReport, check_coco
-from .errors import DatasetError, ImageReadError
+from src.data.coco_check import MIN_BOX_SIDE, CocoReport, check_coco
+from src.utils.errors import DatasetError, ImageReadError
 
 
 def coco_paths(root: str, split: str) -> tuple[str, str]:
@@ -42,15 +42,15 @@ def read_annotations(annotation_file: str) -> dict:
 
 
 def read_source(source) -> dict:
-    """A :class:`~src.formats.Source`'s annotations as a checked (and mended) COCO dict."""
+    """A :class:`~src.data.formats.Source`'s annotations as a checked (and mended) COCO dict."""
     data = read_annotations(source.annotations) if isinstance(source.annotations, str) else source.annotations
     check_coco(data, source.annotations if isinstance(source.annotations, str) else source.name)
     return data
 
 
 def load_coco(annotations: str | dict, name: str | None = None) -> tuple[COCO, CocoReport]:
-    """pycocotools' COCO index of checked annotations (see :mod:`src.coco_check`): a COCO file,
-    or a COCO-format dict (a VOC or YOLO set read by :mod:`src.formats`; ``name`` names it).
+    """pycocotools' COCO index of checked annotations (see :mod:`src.data.coco_check`): a COCO file,
+    or a COCO-format dict (a VOC or YOLO set read by :mod:`src.data.formats`; ``name`` names it).
 
     :return: ``(coco, report)``, the report counting what was mended or will be dropped
     """
@@ -115,7 +115,7 @@ def read_rgb(path: str, apply_exif: bool = False) -> torch.Tensor:
 
 
 def dataset_from(source, transforms=None, max_missing: float = 0.05) -> "CocoDetection":
-    """The dataset of a :class:`~src.formats.Source` (a split of a COCO, VOC or YOLO set)."""
+    """The dataset of a :class:`~src.data.formats.Source` (a split of a COCO, VOC or YOLO set)."""
     return CocoDetection(source.image_dir, source.annotations, transforms, max_missing, source.name)
 
 
@@ -135,7 +135,7 @@ class CocoDetection(torch.utils.data.Dataset):
     sample) or ``resized`` (the file's size disagreed with the annotation file, even turned
     by its EXIF orientation, so the boxes were scaled to it).
 
-    The annotation file is checked at once (:mod:`src.coco_check`), and so is the presence of
+    The annotation file is checked at once (:mod:`src.data.coco_check`), and so is the presence of
     every image file: images missing from ``image_dir`` are left out with a warning, unless
     they are more than ``max_missing`` of the set (a wrong folder), which is an error.
     ``warnings`` holds the summary lines for the caller to print.
@@ -221,7 +221,7 @@ class CocoDetection(torch.utils.data.Dataset):
         return boxes[~crowd & big], labels[~crowd & big], boxes[crowd & big]
 
     def __getitem__(self, index):
-        """:param index: a position, or ``(position, seed)`` as :class:`~src.resume.ResumableSampler` gives:
+        """:param index: a position, or ``(position, seed)`` as :class:`~src.training.resume.ResumableSampler` gives:
             the augmentation then draws from ``seed`` alone, the same in any worker or process."""
         index, seed = index if isinstance(index, tuple) else (index, None)
         image_id = self.ids[index]

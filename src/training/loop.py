@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from .box_coder import pad_targets
-from .coco_eval import coco_evaluate, to_coco_results
-from .dataset import eval_loader
-from .distributed import all_reduce_sum, broadcast_object, gather_lists, is_main_process
-from .errors import DatasetError, NonFiniteLossError
-from .stopwatch import no_stopwatch
+from src.data.dataset import eval_loader
+from src.evaluation.coco_eval import coco_evaluate, to_coco_results
+from src.models.box_coder import pad_targets
+from src.utils.distributed import all_reduce_sum, broadcast_object, gather_lists, is_main_process
+from src.utils.errors import DatasetError, NonFiniteLossError
+from src.utils.stopwatch import no_stopwatch
 
 
 def autocast(device: torch.device, amp: bool):
@@ -160,7 +160,7 @@ def predict(model, postprocess, loader, device, *, amp=False, channels_last=Fals
     """Detections for every readable image of ``loader`` (this rank's shard); an image file
     that cannot be decoded (the loader gives a blank placeholder marked ``bad``) is left out.
 
-    :param watch: a :class:`~src.stopwatch.Stopwatch` to time reading, forward and decoding
+    :param watch: a :class:`~src.utils.stopwatch.Stopwatch` to time reading, forward and decoding
     :return: ``(detections, image_ids, orig_sizes)``: per image ``(boxes (k, 4) normalised
         ltrb, labels (k,), scores (k,))`` on the CPU, its id and its (h, w)
     """
@@ -196,7 +196,7 @@ def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32
     Each rank predicts its own shard; the detections are gathered and the main process runs
     COCOeval and prints the 12-line summary.
     :param category_ids: dataset category id of each label 1..K
-    :return: ``(evaluation, results)``: the :class:`~src.coco_eval.Evaluation` (on every rank;
+    :return: ``(evaluation, results)``: the :class:`~src.evaluation.coco_eval.Evaluation` (on every rank;
         ``.stats`` the 12 COCO numbers) and all detections in COCO results format (pixels, COCO xywh)
     """
     loader = eval_loader(dataset, batch_size, num_workers, rank, world_size, pin_memory=device.type == "cuda")

@@ -5,10 +5,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .checkpoint import load_model
-from .engine import autocast
-from .postprocess import Postprocessor
-from .transforms import val_transforms
+from src.checkpoints.schema import load_model
+from src.data.transforms import val_transforms
+from src.models.postprocess import Postprocessor
+from src.training.loop import autocast
 
 
 @dataclass
@@ -43,7 +43,7 @@ def bgr_to_tensor(frame: np.ndarray) -> torch.Tensor:
 class Detector:
     """Images in, detections in pixels out.
 
-    :param model: an :class:`~src.model.SSD` in eval mode
+    :param model: an :class:`~src.models.ssd.SSD` in eval mode
     :param category_names: name of each label 1..K
     :param cls_threshold: minimum score of a detection
     """

@@ -16,7 +16,7 @@ def draw_detections(image_bgr: np.ndarray, detections) -> np.ndarray:
 
     The label sits above its box, or inside it at the top edge of the image, and is
     shifted left so that it never leaves the image.
-    :param detections: a :class:`~src.detector.Detections` (boxes in pixels of this image)
+    :param detections: a :class:`~src.inference.detector.Detections` (boxes in pixels of this image)
     """
     out = image_bgr.copy()
     h, w = out.shape[:2]

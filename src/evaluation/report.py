@@ -17,9 +17,9 @@ import os
 import cv2
 import numpy as np
 
-from .analysis import ERROR_TYPES, confusion_matrix, error_breakdown, per_class, pr_curves, worst_images
-from .detector import Detections
-from .draw import draw_detections, draw_ground_truth
+from src.evaluation.analysis import ERROR_TYPES, confusion_matrix, error_breakdown, per_class, pr_curves, worst_images
+from src.inference.detector import Detections
+from src.inference.draw import draw_detections, draw_ground_truth
 
 FILES = ["per_class.csv", "per_class.json", "pr_curves.png", "pr_curves.json", "confusion.png", "confusion.json",
          "errors.png", "errors.json", "index.html"]

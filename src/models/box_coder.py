@@ -9,7 +9,7 @@ Conventions used throughout the project:
 import torch
 from torchvision.ops import box_convert
 
-from .default_boxes import default_boxes
+from src.models.default_boxes import default_boxes
 
 CENTER_VARIANCE = 0.1
 SIZE_VARIANCE = 0.2

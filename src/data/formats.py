@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps
 
-from .errors import DatasetError
-from .outputs import holds_our_outputs
+from src.utils.errors import DatasetError
+from src.utils.outputs import holds_our_outputs
 
 FORMATS = ("coco", "voc", "yolo")
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",

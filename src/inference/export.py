@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
-from .postprocess import Postprocessor
+from src.models.postprocess import Postprocessor
 
 
 class _NonMaxSuppression(torch.autograd.Function):
@@ -40,7 +40,7 @@ class ExportableSSD(nn.Module):
     With decoding: ``(boxes (N, M, 4) normalised ltrb, labels (N, M), scores (N, M))``,
     M = ``max_output``, by descending score; slots with score 0 are empty.
 
-    The decoding is :class:`~src.postprocess.Postprocessor`'s own policy (its ``candidates`` and
+    The decoding is :class:`~src.models.postprocess.Postprocessor`'s own policy (its ``candidates`` and
     ``select``, with fixed shapes), around ONNX's NonMaxSuppression instead of greedy_nms.
     """
 

@@ -3,7 +3,7 @@ import signal
 
 import torch
 
-from .distributed import all_reduce_sum, is_distributed
+from src.utils.distributed import all_reduce_sum, is_distributed
 
 
 class GracefulStop:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from .specs import SSDSpec
+from src.models.specs import SSDSpec
 
 
 def level_box_sizes(spec: SSDSpec, level: int) -> list[tuple[float, float]]:

@@ -2,7 +2,7 @@
 import torch
 from torchvision.ops import batched_nms, nms
 
-from .box_coder import BoxCoder
+from src.models.box_coder import BoxCoder
 
 
 class Postprocessor:
@@ -12,7 +12,7 @@ class Postprocessor:
     boxes of every (image, class) group above ``score_threshold``), an NMS step, and
     :meth:`select` (the best ``max_output`` survivors of each image). ``__call__`` runs it with
     :func:`greedy_nms`; the ONNX export runs the same two halves around ONNX's own
-    NonMaxSuppression (:mod:`src.export`).
+    NonMaxSuppression (:mod:`src.inference.export`).
 
     :param coder: the model's :class:`BoxCoder`
     :param score_threshold: minimum class probability of a candidate

@@ -7,7 +7,7 @@ import urllib.error
 
 import torch
 
-from .errors import CheckpointError, UserError
+from src.utils.errors import CheckpointError, UserError
 
 PUBLISHED = {
     "nvidia": {
@@ -80,8 +80,8 @@ def _download_from_drive(path: str):
 def check_published(path: str):
     """Every key and shape of a downloaded SSD300 checkpoint, before use; a bad file is removed."""
     # imported here: checkpoint.py resolves published names through this module
-    from .checkpoint import adapt_state_dict, infer_model_name, model_state_dict, read_checkpoint
-    from .model import build_model
+    from src.checkpoints.schema import adapt_state_dict, infer_model_name, model_state_dict, read_checkpoint
+    from src.models.ssd import build_model
     try:
         state = adapt_state_dict(model_state_dict(read_checkpoint(path), path), "ssd")
         expected = build_model("ssd", 81).state_dict()

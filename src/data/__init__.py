@@ -1,0 +1,1 @@
+"""Detection data: COCO, VOC and YOLO read as COCO, annotation checks, the augmentation, the toy set."""

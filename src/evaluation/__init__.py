@@ -1,0 +1,1 @@
+"""Predictions over a loader, COCO and VOC mAP, and the report that explains them."""

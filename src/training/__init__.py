@@ -1,0 +1,1 @@
+"""Training: one epoch and its step, the optimizer and schedule, exact resume, clean stops."""

@@ -1,0 +1,1 @@
+"""Plumbing every stage uses: one-line errors, process groups, timing, devices and safe outputs."""
