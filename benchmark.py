@@ -33,17 +33,21 @@ from torchvision.transforms import v2
 from src.checkpoints.schema import load_model
 from src.cli import ArgumentParser, default_device, device_name, positive_int, run_cli
 from src.data.categories import COCO_CATEGORIES
-from src.data.dataset import CocoDetection, coco_paths, collate, read_rgb
+from src.data.crop import IOU_CROP_OPTIONS
+from src.data.dataset import CocoDetection, coco_paths, collate, eval_loader, read_rgb
 from src.data.toy_dataset import write_split
-from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, IOU_CROP_OPTIONS, train_transforms, val_transforms
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, train_transforms, val_transforms
 from src.evaluation.coco_eval import coco_evaluate, to_coco_results
-from src.models.box_coder import BoxCoder, pad_targets
+from src.evaluation.evaluate import eval_batch_size, evaluate
+from src.models.box_coder import BoxCoder
 from src.models.loss import MultiBoxLoss
+from src.models.matching import pad_targets
 from src.models.postprocess import NMS_METHODS, Postprocessor
 from src.models.specs import MODEL_NAMES, get_spec
 from src.models.ssd import build_model
-from src.training.loop import Step, autocast, eval_batch_size, evaluate, train_step
+from src.training.loop import Step, train_step
 from src.training.optim import param_groups
+from src.utils.device import autocast
 from src.utils.errors import UserError
 from src.utils.outputs import OutputGuard
 
@@ -290,7 +294,7 @@ def torchvision_v2_augmentation():
     """The same SSD augmentation as a plain transforms.v2 composition, for comparison."""
     fill = {tv_tensors.Image: [round(255 * m) for m in IMAGENET_MEAN], "others": 0}
     compose = v2.Compose([v2.RandomZoomOut(fill=fill, side_range=(1.0, 4.0), p=0.5),
-                          v2.RandomIoUCrop(sampler_options=IOU_CROP_OPTIONS), v2.RandomHorizontalFlip(),
+                          v2.RandomIoUCrop(sampler_options=list(IOU_CROP_OPTIONS)), v2.RandomHorizontalFlip(),
                           v2.Resize((300, 300)), v2.RandomPhotometricDistort(), v2.ClampBoundingBoxes(),
                           v2.SanitizeBoundingBoxes(), v2.ToDtype(torch.float32, scale=True),
                           v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -398,8 +402,8 @@ def bench_eval(args, device, rows):
 
     def ours(net):
         with contextlib.redirect_stdout(io.StringIO()):
-            evaluate(net.to(memory_format=torch.channels_last), post, dataset, device, dataset.category_ids,
-                     batch_size=batch, num_workers=0, channels_last=True)
+            evaluate(net.to(memory_format=torch.channels_last), eval_loader(dataset, batch, 0), post, device,
+                     channels_last=True)
 
     def baseline(net):
         detections, ids, sizes = [], [], []
@@ -446,7 +450,7 @@ def bench_report(args, device, rows):
 
         def plain():
             with contextlib.redirect_stdout(io.StringIO()):
-                return evaluate(net, post, dataset, device, dataset.category_ids, batch_size=batch, num_workers=0)
+                return evaluate(net, eval_loader(dataset, batch, 0), post, device)
 
         def read_bgr(image_id):
             return cv2.imread(dataset.image_path(image_id), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -485,7 +489,8 @@ def bench_memory(args, device, rows):
 MATCHING_PROBE = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from src.models.box_coder import BoxCoder, pad_targets
+from src.models.box_coder import BoxCoder
+from src.models.matching import pad_targets
 from src.models.specs import get_spec
 torch.set_num_threads(1)
 g = torch.Generator().manual_seed(0)
@@ -505,7 +510,7 @@ def bench_matching(args, device, rows):
     """Peak extra memory of matching a dense batch (N=32 images of M=400 boxes, SSD300's 8732
     default boxes), as matching now runs (in chunks of images) and all at once as it did, each
     in a fresh process (the peak RSS of a process only grows)."""
-    from src.models.box_coder import MATCH_CHUNK_ELEMENTS
+    from src.models.matching import MATCH_CHUNK_ELEMENTS
     n, m = args.matching_batch
     peaks = {}
     for name, chunk in [("chunked", MATCH_CHUNK_ELEMENTS), ("all at once", 2**62)]:

@@ -23,15 +23,15 @@ from src.cli import (
     positive_int,
     run_cli,
 )
-from src.data.dataset import dataset_from, read_rgb
+from src.data.dataset import dataset_from, eval_loader, read_rgb
 from src.data.formats import DEFAULT_SPLITS, FORMATS, Source, dataset_folders, detect_format, source
 from src.data.transforms import val_transforms
+from src.evaluation.evaluate import eval_batch_size, evaluate
 from src.evaluation.report import build, print_table, report_files, write_report
 from src.evaluation.voc_eval import voc_evaluate
 from src.inference.detector import Detections
 from src.inference.draw import draw_detections
 from src.models.postprocess import Postprocessor
-from src.training.loop import eval_batch_size, evaluate
 from src.utils.distributed import cleanup, init_distributed, is_main_process
 from src.utils.errors import ImageReadError, UserError
 from src.utils.outputs import OutputGuard
@@ -179,10 +179,10 @@ def main(args):
             print(f"warning: {line}", file=sys.stderr)
         print(f"{checkpoint}: {model.spec.name}, {len(names)} classes; {len(dataset)} images, "
               f"{world_size} process(es)")
-    evaluation, results = evaluate(model, postprocess, dataset, device, ids,
-                              batch_size=args.batch_size or eval_batch_size(device),
-                              num_workers=args.num_workers, amp=args.amp, channels_last=True,
-                              rank=rank, world_size=world_size, watch=watch)
+    loader = eval_loader(dataset, args.batch_size or eval_batch_size(device), args.num_workers, rank, world_size,
+                         pin_memory=device.type == "cuda")
+    evaluation, results = evaluate(model, loader, postprocess, device, category_ids=ids, amp=args.amp,
+                                   channels_last=True, watch=watch)
     if args.metric != "coco" and is_main_process():
         print_voc(dataset, results, dataset.ids, use_07=args.metric == "voc07")
     if args.report and is_main_process():

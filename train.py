@@ -32,17 +32,26 @@ from src.cli import (
     training_batch_size,
     zoom_factor,
 )
-from src.data.dataset import collate, dataset_from, loader_workers, read_rgb, read_source, worker_init
+from src.data.dataset import (
+    collate,
+    dataset_from,
+    eval_loader,
+    loader_workers,
+    read_rgb,
+    read_source,
+    worker_init,
+)
 from src.data.formats import DEFAULT_SPLITS, FORMATS, dataset_folders, detect_format, merge, source
 from src.data.transforms import train_transforms, val_transforms
 from src.evaluation.analysis import RECALL_THRESHOLDS
+from src.evaluation.evaluate import evaluate
 from src.inference.detector import Detections
 from src.models.box_coder import BoxCoder
 from src.models.loss import MultiBoxLoss
 from src.models.postprocess import Postprocessor
 from src.models.specs import MODEL_NAMES
 from src.models.ssd import BACKBONE_WEIGHTS, build_model
-from src.training.loop import Step, epoch_summary, evaluate, train_one_epoch
+from src.training.loop import Step, epoch_summary, train_one_epoch
 from src.training.optim import param_groups, scaled_lr, warmup_multistep
 from src.training.resume import (
     ResumableSampler,
@@ -145,10 +154,8 @@ def main(args):
             stats, evaluation, results = epoch_summary(totals), None, None
             if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
                 broadcast_buffers(model)  # evaluate, on every rank, the model rank 0 saves
-                evaluation, results = evaluate(model, postprocess, val_set, device, val_set.category_ids,
-                                               batch_size=args.batch_size, num_workers=args.num_workers,
-                                               amp=args.amp, channels_last=args.channels_last, rank=rank,
-                                               world_size=world_size)
+                evaluation, results = evaluate(model, build_val_loader(args, val_set, rank, world_size, device),
+                                               postprocess, device, amp=args.amp, channels_last=args.channels_last)
             improved = log.add(epoch + 1, stats, evaluation and evaluation.stats)
             if is_main_process():
                 report_epoch(writer, epoch, stats, evaluation, val_set, results)
@@ -266,6 +273,11 @@ def build_loader(args, train_set, rank: int, world_size: int, device):
                         collate_fn=collate, pin_memory=device.type == "cuda", drop_last=True,
                         persistent_workers=workers > 0, worker_init_fn=worker_init)
     return sampler, loader
+
+
+def build_val_loader(args, val_set, rank: int, world_size: int, device):
+    """This rank's shard of the val set, in order (built for each evaluation: no idle workers between)."""
+    return eval_loader(val_set, args.batch_size, args.num_workers, rank, world_size, pin_memory=device.type == "cuda")
 
 
 def build_step(args, model, iters_per_epoch: int, world_size: int, device) -> Step:

@@ -9,7 +9,8 @@ from torchvision.transforms.v2 import functional as F
 
 from src.data import augment
 from src.data.augment import Geometry
-from src.data.transforms import IOU_CROP_OPTIONS, SSDAugmentation
+from src.data.crop import CROP_RULES, IOU_CROP_OPTIONS, sample_crop
+from src.data.transforms import SSDAugmentation
 
 FILL = [124, 116, 104]
 
@@ -82,7 +83,7 @@ def test_crop_meets_the_ssd_constraints():
     boxes = torch.tensor([[10.0, 20, 60, 80], [100, 30, 150, 70]])
     for seed in range(50):
         torch.manual_seed(seed)
-        x0, y0, x1, y1 = augment.sample_crop(boxes, 120, 200, [0.7])
+        x0, y0, x1, y1 = sample_crop(boxes, 120, 200, [0.7])
         cw, ch = x1 - x0, y1 - y0
         assert 0 <= x0 < x1 <= 200 and 0 <= y0 < y1 <= 120
         assert 0.3 * 200 - 1 <= cw and 0.3 * 120 - 1 <= ch and 0.5 <= cw / ch <= 2
@@ -94,8 +95,8 @@ def test_crop_meets_the_ssd_constraints():
 
 def test_crop_without_boxes_keeps_the_image():
     torch.manual_seed(0)
-    assert augment.sample_crop(torch.zeros(0, 4), 50, 70, [0.1, 0.5, 1.0]) == (0, 0, 70, 50)
-    assert augment.sample_crop(torch.zeros(0, 4), 50, 70, [0.5]) == (0, 0, 70, 50)  # no endless draw
+    assert sample_crop(torch.zeros(0, 4), 50, 70, [0.1, 0.5, 1.0]) == (0, 0, 70, 50)
+    assert sample_crop(torch.zeros(0, 4), 50, 70, [0.5]) == (0, 0, 70, 50)  # no endless draw
 
 
 def test_colour_steps_match_torchvision():
@@ -124,10 +125,10 @@ def test_augmentation_is_reproducible_from_the_torch_seed():
 
 
 def test_the_crop_has_the_papers_seven_options_unconstrained_patches_included():
-    assert IOU_CROP_OPTIONS == [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]  # each drawn with chance 1/7
+    assert IOU_CROP_OPTIONS == (0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)  # each drawn with chance 1/7
     boxes = torch.tensor([[20.0, 20, 60, 60]])  # small: only the unconstrained option allows IoU < 0.1
     torch.manual_seed(0)
-    crops = [augment.sample_crop(boxes, 200, 200, IOU_CROP_OPTIONS) for _ in range(300)]
+    crops = [sample_crop(boxes, 200, 200, IOU_CROP_OPTIONS) for _ in range(300)]
     ious = box_iou(torch.tensor(crops, dtype=torch.float32), boxes)[:, 0]
     assert (ious < 0.1).sum() > 10  # patches the six constrained options never give
     centre = (boxes[0, :2] + boxes[0, 2:]) / 2
@@ -160,8 +161,8 @@ def test_nvidias_crop_rule_needs_every_box_and_keeps_the_image_more_often():
     boxes = torch.tensor([[20.0, 20, 90, 90], [60, 60, 130, 130]])
     whole = (0, 0, 200, 200)
     torch.manual_seed(0)
-    paper = [augment.sample_crop(boxes, 200, 200, [0.3, 1.0]) for _ in range(300)]
-    nvidia = [augment.sample_crop(boxes, 200, 200, [0.3, 1.0], augment.CROP_RULES["nvidia"]) for _ in range(300)]
+    paper = [sample_crop(boxes, 200, 200, [0.3, 1.0]) for _ in range(300)]
+    nvidia = [sample_crop(boxes, 200, 200, [0.3, 1.0], CROP_RULES["nvidia"]) for _ in range(300)]
 
     def ious(crops):
         crops = [c for c in crops if c != whole]

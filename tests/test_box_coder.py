@@ -1,8 +1,9 @@
 import torch
 from torchvision.ops import box_convert, box_iou
 
-from src.models.box_coder import BoxCoder, batched_box_iou, pad_targets
+from src.models.box_coder import BoxCoder
 from src.models.default_boxes import default_boxes
+from src.models.matching import batched_box_iou, pad_targets
 from src.models.specs import SSDLITE
 
 

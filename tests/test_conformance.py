@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from src.checkpoints.schema import adapt_state_dict, load_model_weights, model_state_dict
-from src.models.box_coder import BoxCoder, pad_targets
+from src.models.box_coder import BoxCoder
 from src.models.default_boxes import default_boxes
 from src.models.loss import MultiBoxLoss
+from src.models.matching import pad_targets
 from src.models.postprocess import Postprocessor
 from src.models.specs import get_spec
 from src.models.ssd import build_model

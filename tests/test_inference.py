@@ -12,15 +12,15 @@ from test_train import free_port
 
 from src.checkpoints.schema import load_model
 from src.data.categories import COCO_CATEGORIES
-from src.data.dataset import CocoDetection, coco_paths
+from src.data.dataset import CocoDetection, coco_paths, eval_loader
 from src.data.transforms import val_transforms
 from src.evaluation.coco_eval import STAT_NAMES
+from src.evaluation.evaluate import evaluate
 from src.inference.detector import Detector
 from src.models.box_coder import BoxCoder
 from src.models.default_boxes import default_boxes
 from src.models.postprocess import Postprocessor
 from src.models.specs import SSDLITE
-from src.training.loop import evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -167,8 +167,8 @@ def test_map_is_one_when_the_detections_are_the_ground_truth(toy_root):
     dataset = CocoDetection(images, ann, val_transforms())
     coder = BoxCoder(default_boxes(SSDLITE))
     model = GroundTruthModel(dataset, coder)
-    evaluation, results = evaluate(model, Postprocessor(coder), dataset, torch.device("cpu"), dataset.category_ids,
-                                   batch_size=4, num_workers=0)
+    evaluation, results = evaluate(model, eval_loader(dataset, batch_size=4, num_workers=0), Postprocessor(coder),
+                                   torch.device("cpu"))
     stats = evaluation.stats
     assert list(stats) == STAT_NAMES
     assert stats["AP"] == pytest.approx(1.0) and stats["AP50"] == pytest.approx(1.0)

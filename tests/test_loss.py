@@ -1,8 +1,9 @@
 import torch
 
-from src.models.box_coder import BoxCoder, pad_targets
+from src.models.box_coder import BoxCoder
 from src.models.default_boxes import default_boxes
 from src.models.loss import MultiBoxLoss
+from src.models.matching import pad_targets
 from src.models.specs import SSDLITE
 
 

@@ -99,17 +99,17 @@ def false_positives(checkpoint, data, min_score=0.3):
     """Detections scoring at least ``min_score`` per distractor-only val image (no object there)."""
     import torch
 
-    from src.data.dataset import CocoDetection, coco_paths
+    from src.data.dataset import CocoDetection, coco_paths, eval_loader
+    from src.evaluation.evaluate import evaluate
     from src.inference.detector import Detector
-    from src.training.loop import evaluate
     ann, images = coco_paths(data, "val")
     detector = Detector.from_checkpoint(checkpoint)
     dataset = CocoDetection(images, ann, detector.transform)
     ids = set(dataset.coco.dataset.get("distractor_image_ids", []))
     if not ids:
         return None
-    _, results = evaluate(detector.model, detector.postprocess, dataset, torch.device("cpu"),
-                          detector.category_ids, batch_size=8, num_workers=0)
+    _, results = evaluate(detector.model, eval_loader(dataset, batch_size=8, num_workers=0), detector.postprocess,
+                          torch.device("cpu"), category_ids=detector.category_ids)
     return sum(1 for r in results if r["image_id"] in ids and r["score"] >= min_score) / len(ids)
 
 

@@ -1,5 +1,5 @@
-"""The SSD paper's training augmentation, made cheap: zoom-out, IoU-constrained crop, flip
-and resize resampled in one step; photometric distortion with OpenCV on the small image.
+"""The SSD paper's training augmentation, made cheap: zoom-out, the IoU-constrained crop
+(:mod:`src.data.crop`), flip and resize resampled in one step; photometric distortion with OpenCV on the small image.
 
 Why not ``v2.RandomZoomOut`` + ``v2.RandomIoUCrop`` + ``v2.Resize`` +
 ``v2.RandomPhotometricDistort``? Same maths, but the zoom-out materialises a canvas of up
@@ -15,12 +15,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from torchvision.ops import box_iou
 from torchvision.transforms.v2 import functional as F
 
-CROP_SCALE = (0.3, 1.0)  # crop side as a fraction of the canvas side
-CROP_ASPECT = (0.5, 2.0)  # crop width / height
-
+from src.data.crop import CROP_RULES, CropRule, sample_crop
 
 @dataclass(frozen=True)
 class Geometry:
@@ -46,60 +43,6 @@ def sample_zoom_out(h: int, w: int, zoom_out: float) -> tuple[int, int, int, int
     ratio = 1 + (zoom_out - 1) * r[1]
     canvas_w, canvas_h = int(w * ratio), int(h * ratio)
     return canvas_w, canvas_h, int((canvas_w - w) * r[2]), int((canvas_h - h) * r[3])
-
-
-@dataclass(frozen=True)
-class CropRule:
-    """How a crop is searched for, once a minimum IoU is drawn.
-
-    ``trials`` random crops are tried; a crop qualifies when it has the right shape, holds the
-    centre of a box, and overlaps by at least the minimum IoU one of the boxes whose centre
-    it holds (``all_boxes=False``) or every box of the image (``all_boxes=True``). When none
-    qualifies, a new minimum IoU is drawn.
-    """
-    trials: int
-    all_boxes: bool
-
-
-CROP_RULES = {
-    # the paper's code (and torchvision's RandomIoUCrop): 50 trials, one box overlapping enough
-    "paper": CropRule(trials=50, all_boxes=False),
-    # NVIDIA's SSD300 v1.1 (and the original repository): one trial, every box overlapping enough;
-    # gentler: the whole image comes back about half of the time
-    "nvidia": CropRule(trials=1, all_boxes=True),
-}
-
-
-def sample_crop(boxes: torch.Tensor, h: int, w: int, min_ious, rule: CropRule = CROP_RULES["paper"]):
-    """The SSD crop of an ``h`` x ``w`` canvas: draw a minimum IoU (1.0 keeps the whole canvas,
-    0.0 is a patch with no IoU constraint), then search for a crop by ``rule``. An image without
-    boxes is kept whole.
-
-    :param boxes: (n, 4) pixel ltrb in the canvas
-    :return: (x0, y0, x1, y1) integer pixels
-    """
-    if len(boxes) == 0 and max(min_ious) < 1.0:
-        return 0, 0, w, h  # no crop can hold a box, and no draw would say "keep"
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2  # (n, 2)
-    while True:
-        min_iou = min_ious[int(torch.randint(len(min_ious), ()))]
-        if min_iou >= 1.0:
-            return 0, 0, w, h
-        if len(boxes) == 0:
-            continue  # only "keep" can end the draw (as in torchvision's RandomIoUCrop)
-        r = torch.rand(rule.trials, 4)
-        size = torch.tensor([w, h]) * (CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * r[:, :2])
-        size = size.floor()  # (T, 2) crop width, height
-        start = ((torch.tensor([w, h]) - size) * r[:, 2:]).floor()  # (T, 2) left, top
-        crops = torch.cat([start, start + size], dim=1)  # (T, 4)
-        aspect = size[:, 0] / size[:, 1].clamp(min=1)
-        ok = (size > 0).all(1) & (aspect >= CROP_ASPECT[0]) & (aspect <= CROP_ASPECT[1])
-        inside = ((centres[None] > crops[:, None, :2]) & (centres[None] < crops[:, None, 2:])).all(2)  # (T, n)
-        ious = box_iou(crops, boxes)  # (T, n)
-        overlap = (ious >= min_iou).all(1) if rule.all_boxes else (ious * inside).amax(1) >= min_iou
-        found = (ok & inside.any(1) & overlap).nonzero()
-        if len(found):
-            return tuple(int(v) for v in crops[found[0, 0]])
 
 
 def sample_geometry(boxes: torch.Tensor, h: int, w: int, zoom_out: float, min_ious,

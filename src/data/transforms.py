@@ -8,12 +8,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from src.data import augment
+from src.data.crop import CROP_RULES, IOU_CROP_OPTIONS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The paper's seven crop options, drawn with equal chance: a minimum IoU with a kept box (0.0: a
-# random patch with no IoU constraint, still holding a box centre), or 1.0, the whole image.
-IOU_CROP_OPTIONS = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0]
 
 
 def _normalize():
@@ -24,7 +22,7 @@ class SSDAugmentation:
     """The training transform: zoom-out (up to ``zoom_out`` x; 1 turns it off), IoU-constrained
     crop, flip and resize to ``size`` in one resampling, photometric distortion on the small
     image (its ranges scaled by ``photometric``; 0 turns it off), normalisation. ``crop`` names
-    the crop search (:data:`src.data.augment.CROP_RULES`: "paper" or "nvidia"). See
+    the crop search (:data:`src.data.crop.CROP_RULES`: "paper" or "nvidia"). See
     :mod:`src.data.augment` for why this is not a ``v2.Compose``.
 
     Takes and returns ``(image, target)``: a uint8 (3, H, W) image and ``target["boxes"]``
@@ -36,7 +34,7 @@ class SSDAugmentation:
     def __init__(self, size: int = 300, zoom_out: float = 1.0, min_ious=IOU_CROP_OPTIONS, photometric=1.0,
                  crop: str = "nvidia"):
         self.size, self.zoom_out, self.min_ious, self.photometric = size, zoom_out, min_ious, photometric
-        self.crop_rule = augment.CROP_RULES[crop]
+        self.crop_rule = CROP_RULES[crop]
         self.fill = [round(255 * m) for m in IMAGENET_MEAN]
         self.normalize = v2.Compose(_normalize())
 

@@ -8,7 +8,7 @@ import torch
 from src.checkpoints.schema import load_model
 from src.data.transforms import val_transforms
 from src.models.postprocess import Postprocessor
-from src.training.loop import autocast
+from src.utils.device import autocast
 
 
 @dataclass

@@ -1,24 +1,15 @@
-"""One training epoch and one prediction pass: the loops that train.py and test_dataset.py run."""
+"""One training epoch: the loop train.py runs, and the step it repeats."""
 import math
-import sys
 import time
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
-from src.data.dataset import eval_loader
-from src.evaluation.coco_eval import coco_evaluate, to_coco_results
-from src.models.box_coder import pad_targets
-from src.utils.distributed import all_reduce_sum, broadcast_object, gather_lists, is_main_process
+from src.models.matching import pad_targets
+from src.utils.device import autocast, to_input
+from src.utils.distributed import all_reduce_sum, is_main_process
 from src.utils.errors import DatasetError, NonFiniteLossError
-from src.utils.stopwatch import no_stopwatch
-
-
-def autocast(device: torch.device, amp: bool):
-    """float16 autocast on CUDA, bfloat16 on the CPU; a no-op without ``amp``."""
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device.type, dtype=dtype, enabled=amp)
 
 
 def _check_finite(loss, step, image_ids):
@@ -26,18 +17,6 @@ def _check_finite(loss, step, image_ids):
     if loss is not None and not math.isfinite(loss.item()):
         raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at iteration {step}, "
                                  f"images {image_ids}: stopping; the last checkpoint is kept")
-
-
-def eval_batch_size(device: torch.device) -> int:
-    """Images per forward pass in evaluation: 32 on a GPU; 2 on a CPU, where small batches run
-    fastest per image (cache-bound: SSDLite 10.6 ms at 2, 16.3 at 4, 22.9 at 8; README, Speed)."""
-    return 32 if device.type == "cuda" else 2
-
-
-def to_input(images, device, channels_last=False):
-    """The batch on ``device``, in the memory format of the model (NHWC is faster for AMP convs)."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return images.to(device, non_blocking=True, memory_format=fmt)
 
 
 @dataclass
@@ -153,64 +132,3 @@ def _log_step(bar, writer, parts, optimizer, step, rate):
         writer.add_scalar("train/loss_cls", cls, step)
         writer.add_scalar("train/lr", lr, step)
         writer.add_scalar("train/images_per_s", rate, step)
-
-
-@torch.no_grad()
-def predict(model, postprocess, loader, device, *, amp=False, channels_last=False, desc="eval", watch=no_stopwatch):
-    """Detections for every readable image of ``loader`` (this rank's shard); an image file
-    that cannot be decoded (the loader gives a blank placeholder marked ``bad``) is left out.
-
-    :param watch: a :class:`~src.utils.stopwatch.Stopwatch` to time reading, forward and decoding
-    :return: ``(detections, image_ids, orig_sizes)``: per image ``(boxes (k, 4) normalised
-        ltrb, labels (k,), scores (k,))`` on the CPU, its id and its (h, w)
-    """
-    model.eval()
-    detections, image_ids, sizes, resized = [], [], [], 0
-    batches = iter(tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True))
-    while True:
-        with watch("reading"):
-            images, targets = next(batches, (None, None))
-        if images is None:
-            break
-        resized += sum(1 for t in targets if t.get("resized"))
-        with watch("forward"), autocast(device, amp):
-            ploc, plabel = model(to_input(images, device, channels_last))
-        with watch("decoding"):
-            decoded = postprocess(ploc, plabel, out_device="cpu")
-        for dets, target in zip(decoded, targets):
-            if not target.get("bad"):
-                detections.append(dets)
-                image_ids.append(target["image_id"])
-                sizes.append(target["orig_size"])
-    if resized:
-        print(f"warning: {resized} images of this shard have another size than the annotation file gives, even "
-              "turned by their EXIF orientation: predictions are scaled to the annotated size", file=sys.stderr)
-    return detections, image_ids, sizes
-
-
-def evaluate(model, postprocess, dataset, device, category_ids, *, batch_size=32, num_workers=4, amp=False,
-             channels_last=False, rank=0, world_size=1, watch=no_stopwatch):
-    """COCO mAP of ``model`` on ``dataset`` (every image, those without annotations included;
-    image files that cannot be decoded are left out of the evaluation, with a warning).
-
-    Each rank predicts its own shard; the detections are gathered and the main process runs
-    COCOeval and prints the 12-line summary.
-    :param category_ids: dataset category id of each label 1..K
-    :return: ``(evaluation, results)``: the :class:`~src.evaluation.coco_eval.Evaluation` (on every rank;
-        ``.stats`` the 12 COCO numbers) and all detections in COCO results format (pixels, COCO xywh)
-    """
-    loader = eval_loader(dataset, batch_size, num_workers, rank, world_size, pin_memory=device.type == "cuda")
-    detections, image_ids, sizes = predict(model, postprocess, loader, device, amp=amp, channels_last=channels_last,
-                                           watch=watch)
-    results = gather_lists(to_coco_results(detections, image_ids, sizes, category_ids))
-    evaluated = gather_lists(image_ids)
-    evaluation = None
-    if not evaluated:
-        raise DatasetError(f"none of the {len(dataset)} images of {dataset.image_dir} could be read (named above)")
-    if is_main_process():
-        if len(evaluated) < len(dataset):
-            print(f"warning: {len(dataset) - len(evaluated)} of {len(dataset)} images could not be read and are "
-                  "left out of the evaluation (named above)", file=sys.stderr)
-        with watch("COCOeval"):
-            evaluation = coco_evaluate(dataset.coco, results, image_ids=evaluated)
-    return broadcast_object(evaluation), results
