@@ -9,7 +9,7 @@ import argparse
 import contextlib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from src.checkpoints.published import local_path
-from src.checkpoints.schema import load_matching_weights, load_model_weights, save_atomic
+from src.checkpoints.schema import TrainingCheckpoint, load_matching_weights, load_model_weights
 from src.cli import (
     ArgumentParser,
     default_device,
@@ -51,13 +51,12 @@ from src.models.loss import MultiBoxLoss
 from src.models.postprocess import Postprocessor
 from src.models.specs import MODEL_NAMES
 from src.models.ssd import BACKBONE_WEIGHTS, build_model
-from src.training.loop import Step, epoch_summary, train_one_epoch
+from src.training.loop import EpochStats, EpochTotals, Step, epoch_summary, train_one_epoch
 from src.training.optim import param_groups, scaled_lr, warmup_multistep
 from src.training.resume import (
     ResumableSampler,
     begin_epoch,
     capture,
-    read_run_checkpoint,
     resume_point,
     rng_states,
     seed_everything,
@@ -131,8 +130,8 @@ def main(args):
     seed_everything(args.seed + rank)  # the model's initial weights, the first shuffle
     with prepare_outputs(args) if is_main_process() else contextlib.nullcontext():
         train_set, val_set = build_datasets(args, world_size)
-        ckpt = read_run_checkpoint(checkpoint_path(args), args.model, train_set.category_ids,
-                                   train_set.annotation_file) if os.path.exists(checkpoint_path(args)) else None
+        ckpt = TrainingCheckpoint.read(checkpoint_path(args), args.model, train_set.category_ids,
+                                       train_set.annotation_file) if os.path.exists(checkpoint_path(args)) else None
         model = create_model(args, train_set.num_classes, device, from_checkpoint=ckpt is not None)
         sampler, loader = build_loader(args, train_set, rank, world_size, device)
         step = build_step(args, model, len(loader), world_size, device)
@@ -148,7 +147,7 @@ def main(args):
             totals = begin_epoch(point, epoch, sampler, args.batch_size, args.seed, rank)
             totals = train_one_epoch(trained, criterion, loader, step, totals=totals, writer=writer,
                                      should_stop=stopper.should_stop, desc=f"epoch {epoch + 1}/{args.epochs}")
-            if not totals["complete"]:  # stopped by a signal mid-epoch: save where, and leave
+            if not totals.complete:  # stopped by a signal mid-epoch: save where, and leave
                 save_stop(args, model, step, train_set, log, epoch, totals)
                 break
             stats, evaluation, results = epoch_summary(totals), None, None
@@ -296,47 +295,42 @@ class TrainingLog:
     best_map: float = 0.0
     history: list = field(default_factory=list)
 
-    def add(self, epoch: int, stats: dict, coco_stats: dict | None) -> bool:
+    def add(self, epoch: int, stats: EpochStats, coco_stats: dict | None) -> bool:
         """Record an epoch; True when its AP is the best so far."""
-        self.history.append({"epoch": epoch, **stats, **(coco_stats or {})})
+        self.history.append({"epoch": epoch, **asdict(stats), **(coco_stats or {})})
         if coco_stats is None or coco_stats["AP"] < self.best_map:
             return False
         self.best_map = coco_stats["AP"]
         return True
 
 
-def restore(ckpt: dict, model, step: Step, path: str) -> TrainingLog:
+def restore(ckpt: TrainingCheckpoint, model, step: Step, path: str) -> TrainingLog:
     """A resumed run's weights and optimizer, schedule and scaler states; its log so far."""
-    load_model_weights(model, ckpt["model"], path)
-    step.optimizer.load_state_dict(ckpt["optimizer"])
-    step.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-    if step.scaler is not None and ckpt.get("scaler"):
-        step.scaler.load_state_dict(ckpt["scaler"])
-    return TrainingLog(ckpt["best_map"], ckpt["history"])
+    load_model_weights(model, ckpt.model, path)
+    step.optimizer.load_state_dict(ckpt.optimizer)
+    step.lr_scheduler.load_state_dict(ckpt.lr_scheduler)
+    if step.scaler is not None and ckpt.scaler:
+        step.scaler.load_state_dict(ckpt.scaler)
+    return TrainingLog(ckpt.best_map, ckpt.history)
 
 
 def save_checkpoint(path, args, model, step: Step, data, log: TrainingLog, epoch: int, progress=None, rng=None):
     """``epoch``: whole epochs done; ``progress``: every rank's totals of the epoch in flight
     when stopped mid-way, with ``rng`` every rank's random states at that point."""
-    for name, p in model.state_dict().items():
-        if p.is_floating_point() and not torch.isfinite(p).all():
-            raise UserError(f"weights became non-finite ({name}): not saving over {path}")
-    save_atomic({
-        "model": model.state_dict(), "optimizer": step.optimizer.state_dict(),
-        "lr_scheduler": step.lr_scheduler.state_dict(), "scaler": step.scaler.state_dict() if step.scaler else None,
-        "epoch": epoch, "iteration": step.lr_scheduler.last_epoch, "progress": progress,
-        "rng": rng or [rng_states()], "model_name": args.model, "num_classes": data.num_classes,
-        "category_ids": data.category_ids, "category_names": data.category_names,
-        "best_map": log.best_map, "history": log.history, "args": vars(args),
-    }, path)
+    TrainingCheckpoint(
+        model=model.state_dict(), optimizer=step.optimizer.state_dict(), lr_scheduler=step.lr_scheduler.state_dict(),
+        scaler=step.scaler.state_dict() if step.scaler else None, epoch=epoch, iteration=step.lr_scheduler.last_epoch,
+        model_name=args.model, num_classes=data.num_classes, category_ids=data.category_ids,
+        category_names=data.category_names, best_map=log.best_map, history=log.history, progress=progress,
+        rng=rng or [rng_states()], args=vars(args)).save(path)
 
 
-def save_stop(args, model, step: Step, data, log: TrainingLog, epoch: int, totals: dict):
+def save_stop(args, model, step: Step, data, log: TrainingLog, epoch: int, totals: EpochTotals):
     """A mid-epoch checkpoint, with every rank's place in the epoch (a collective call)."""
     point = capture(totals)
     if is_main_process():
         save_checkpoint(checkpoint_path(args), args, model, step, data, log, epoch, **point)
-        print(f"\nStopped at iteration {step.lr_scheduler.last_epoch} ({totals['batches']} of epoch {epoch + 1}); "
+        print(f"\nStopped at iteration {step.lr_scheduler.last_epoch} ({totals.batches} of epoch {epoch + 1}); "
               f"saved {checkpoint_path(args)}. Run the same command to continue.")
 
 
@@ -345,7 +339,7 @@ def start_logging(args, train_set, val_set, world_size, step: Step, point) -> Su
     if not is_main_process():
         return None
     if point.epoch or point.progress:
-        done = f", {point.progress['batches']} iterations into epoch {point.epoch + 1}" if point.progress else ""
+        done = f", {point.progress.batches} iterations into epoch {point.epoch + 1}" if point.progress else ""
         print(f"Resuming from {checkpoint_path(args)}: {point.epoch} epochs done{done}")
     print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "
           f"images, {world_size} process(es) on {step.device.type}, lr {step.optimizer.param_groups[0]['lr']:g}, "
@@ -370,21 +364,21 @@ def finish_logging(writer, args, log: TrainingLog, world_size: int, trained: boo
 
 
 def report_epoch(writer, epoch, stats, evaluation, val_set, results):
-    line = (f"epoch {epoch + 1}: loss {stats['loss']:.4f} (loc {stats['loc']:.4f}, cls {stats['cls']:.4f}), "
-            f"{stats['images_per_s']:.1f} images/s")
-    if stats["bad_images"]:
-        line += f", {stats['bad_images']} bad images skipped"
-    if stats["resized"]:
-        line += (f", {stats['resized']} images of another size than annotated (even turned by EXIF): boxes scaled "
+    line = (f"epoch {epoch + 1}: loss {stats.loss:.4f} (loc {stats.loc:.4f}, cls {stats.cls:.4f}), "
+            f"{stats.images_per_s:.1f} images/s")
+    if stats.bad_images:
+        line += f", {stats.bad_images} bad images skipped"
+    if stats.resized:
+        line += (f", {stats.resized} images of another size than annotated (even turned by EXIF): boxes scaled "
                  "to them")
-    writer.add_scalar("epoch/bad_images", stats["bad_images"], epoch + 1)
+    writer.add_scalar("epoch/bad_images", stats.bad_images, epoch + 1)
     if evaluation is not None:
         line += f", AP {evaluation.stats['AP']:.4f}, AP50 {evaluation.stats['AP50']:.4f}"
         for name, value in evaluation.stats.items():
             writer.add_scalar(f"coco/{name}", value, epoch + 1)
         log_per_class(writer, evaluation, val_set, epoch)
         log_val_images(writer, val_set, results, epoch)
-    writer.add_scalar("epoch/loss", stats["loss"], epoch + 1)
+    writer.add_scalar("epoch/loss", stats.loss, epoch + 1)
     print(line, flush=True)
 
 

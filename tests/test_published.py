@@ -7,7 +7,8 @@ import pytest
 import torch
 from test_train import ROOT, ckpt, run, train_cmd
 
-from src.checkpoints.published import PUBLISHED, resolve_checkpoint
+from src.checkpoints.published import PUBLISHED
+from src.checkpoints.schema import resolve
 from src.utils.errors import CheckpointError, UserError
 
 
@@ -20,11 +21,11 @@ def hub_dir(tmp_path, monkeypatch):
 def test_nvidia_weights_download_once_into_the_hub_cache(hub_dir, kit_state_dict, tmp_path):
     source = tmp_path / "served.pt"
     torch.save({"model": {"module." + k: v for k, v in kit_state_dict("ssd").items()}}, source)
-    path = resolve_checkpoint("nvidia", url=source.as_uri())
+    path = resolve("nvidia", url=source.as_uri())
     assert path == str(hub_dir / PUBLISHED["nvidia"]["file"]) and os.path.exists(path)
     source.unlink()  # a second call uses the cache
-    assert resolve_checkpoint("nvidia", url=source.as_uri()) == path
-    assert resolve_checkpoint("some/local/file.pth") == "some/local/file.pth"
+    assert resolve("nvidia", url=source.as_uri()) == path
+    assert resolve("some/local/file.pth") == "some/local/file.pth"
 
 
 def test_a_download_that_is_not_ssd300_is_refused_and_removed(hub_dir, tmp_path):
@@ -32,19 +33,19 @@ def test_a_download_that_is_not_ssd300_is_refused_and_removed(hub_dir, tmp_path)
     from src.models.ssd import build_model
     torch.save({"model": build_model("ssdlite", 81).state_dict()}, source)
     with pytest.raises(CheckpointError, match="not an 81-class SSD300"):
-        resolve_checkpoint("nvidia", url=source.as_uri())
+        resolve("nvidia", url=source.as_uri())
     assert not (hub_dir / PUBLISHED["nvidia"]["file"]).exists()
 
 
 def test_no_network_names_the_file_to_place(hub_dir, tmp_path):
     with pytest.raises(UserError, match=f"put {PUBLISHED['nvidia']['file']} at .*{hub_dir.name}"):
-        resolve_checkpoint("nvidia", url=(tmp_path / "absent.pt").as_uri())
+        resolve("nvidia", url=(tmp_path / "absent.pt").as_uri())
 
 
 def test_original_weights_without_gdown_print_the_manual_steps(hub_dir, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(UserError, match="drive.google.com.*SSD.pth"):
-        resolve_checkpoint("original")
+        resolve("original")
 
 
 @pytest.mark.slow

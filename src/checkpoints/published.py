@@ -7,7 +7,7 @@ import urllib.error
 
 import torch
 
-from src.utils.errors import CheckpointError, UserError
+from src.utils.errors import UserError
 
 PUBLISHED = {
     "nvidia": {
@@ -33,21 +33,21 @@ def local_path(name_or_path: str) -> str:
     return cache_path(name_or_path) if name_or_path in PUBLISHED else name_or_path
 
 
-def resolve_checkpoint(name_or_path: str, url: str | None = None) -> str:
-    """A checkpoint path: ``name_or_path`` itself, or for "nvidia" / "original" the published file
-    in the torch hub cache, downloaded (and checked) the first time. ``url`` overrides the
-    source (tests use a file:// URL)."""
-    if name_or_path not in PUBLISHED:
-        return name_or_path
-    path = cache_path(name_or_path)
-    if not os.path.exists(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if name_or_path == "nvidia" or url:
-            _download(url or PUBLISHED["nvidia"]["url"], path, name_or_path)
-        else:
-            _download_from_drive(path)
-        check_published(path)
-    return path
+def fetch(name: str, url: str | None = None) -> tuple[str, bool]:
+    """The published checkpoint ``name`` in the torch hub cache, downloaded if absent (``url``
+    overrides the source). Checking it is :func:`src.checkpoints.schema.resolve`'s job.
+
+    :return: ``(path, downloaded)``: True when it was fetched by this call
+    """
+    path = cache_path(name)
+    if os.path.exists(path):
+        return path, False
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if name == "nvidia" or url:
+        _download(url or PUBLISHED["nvidia"]["url"], path, name)
+    else:
+        _download_from_drive(path)
+    return path, True
 
 
 def _download(url: str, path: str, name: str):
@@ -75,19 +75,3 @@ def _download_from_drive(path: str):
     if result.returncode != 0 or not found:
         raise UserError(f"gdown could not fetch the original weights: {manual}")
     os.replace(found[0], path)
-
-
-def check_published(path: str):
-    """Every key and shape of a downloaded SSD300 checkpoint, before use; a bad file is removed."""
-    # imported here: checkpoint.py resolves published names through this module
-    from src.checkpoints.schema import adapt_state_dict, infer_model_name, model_state_dict, read_checkpoint
-    from src.models.ssd import build_model
-    try:
-        state = adapt_state_dict(model_state_dict(read_checkpoint(path), path), "ssd")
-        expected = build_model("ssd", 81).state_dict()
-        if infer_model_name(state) != "ssd" or state.keys() != expected.keys() or any(
-                state[k].shape != v.shape for k, v in expected.items()):
-            raise CheckpointError(f"{path} is not an 81-class SSD300-ResNet50 checkpoint")
-    except CheckpointError:
-        os.remove(path)
-        raise

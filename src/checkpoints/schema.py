@@ -1,22 +1,28 @@
-"""Reading and writing checkpoints: ours, the original repository's and NVIDIA's.
+"""What a checkpoint holds: the one place where checkpoints are written and read.
 
-- ours: ``{"model": state_dict, "model_name", "num_classes", "category_ids",
-  "category_names", ...training state}``;
-- the original's: ``{"epoch", "model_state_dict", "optimizer", "scheduler"}``;
+Three forms are read (every one with ``weights_only=True``: a file that carries pickled code is
+refused before any of it runs):
+
+- ours, written by train.py (:class:`TrainingCheckpoint`, every key listed there); a file of
+  ours needs only ``model`` and ``model_name`` / ``num_classes`` / ``category_ids`` /
+  ``category_names`` to be used for inference or export;
+- the original repository's: ``{"epoch", "model_state_dict", "optimizer", "scheduler"}``;
 - NVIDIA's SSD300 v1.1: ``{"model": state_dict, ...}``, keys possibly prefixed ``module.``.
 
-Everything is loaded with ``weights_only=True``: a file that carries pickled code is
-refused before any of it runs.
+The foreign forms carry no category list (see :func:`categories_of`) and the architecture is
+read from the state dict's keys; :func:`load_model` turns any of the three into a model, and
+:func:`resolve` turns a published name ("nvidia", "original") into a checked file.
 """
 import os
 import pickle
 import re
 import tempfile
 import zipfile
+from dataclasses import MISSING, dataclass, field, fields
 
 import torch
 
-from src.checkpoints.published import resolve_checkpoint
+from src.checkpoints.published import PUBLISHED, fetch
 from src.data.categories import COCO_CATEGORIES
 from src.models.specs import get_spec
 from src.models.ssd import build_model
@@ -158,7 +164,7 @@ def load_model(path: str, model_name: str | None = None, map_location="cpu", cat
     :return: ``(model in eval mode, category_ids, category_names)``; there may be fewer
         categories than the head has labels (decode with ``num_labels=len(category_ids)``)
     """
-    path = resolve_checkpoint(path)
+    path = resolve(path)
     ckpt = read_checkpoint(path, map_location)
     state = model_state_dict(ckpt, path)
     name = architecture_of(state, path, model_name)
@@ -179,7 +185,7 @@ def load_matching_weights(model, path: str) -> list[str]:
 
     :return: the names of the model's tensors that were not loaded
     """
-    path = resolve_checkpoint(path)
+    path = resolve(path)
     state = model_state_dict(read_checkpoint(path), path)
     architecture_of(state, path, model.spec.name)
     state = adapt_state_dict(state, model.spec.name)
@@ -218,3 +224,90 @@ def save_atomic(obj: dict, path: str):
     for name in os.listdir(folder):  # temporaries left by a process killed while saving
         if leftover.fullmatch(name):
             os.remove(os.path.join(folder, name))
+
+
+def resolve(name_or_path: str, url: str | None = None) -> str:
+    """A checkpoint path: ``name_or_path`` itself, or for a published name ("nvidia", "original")
+    its file in the torch hub cache, downloaded and checked the first time (a file that fails the
+    check is removed). ``url`` overrides the source (tests use a file:// URL)."""
+    if name_or_path not in PUBLISHED:
+        return name_or_path
+    path, downloaded = fetch(name_or_path, url)
+    if downloaded:
+        check_published(path)
+    return path
+
+
+def check_published(path: str):
+    """Every key and shape of a downloaded SSD300 checkpoint, before use; a bad file is removed."""
+    try:
+        state = adapt_state_dict(model_state_dict(read_checkpoint(path), path), "ssd")
+        expected = build_model("ssd", 81).state_dict()
+        if infer_model_name(state) != "ssd" or state.keys() != expected.keys() or any(
+                state[k].shape != v.shape for k, v in expected.items()):
+            raise CheckpointError(f"{path} is not an 81-class SSD300-ResNet50 checkpoint")
+    except CheckpointError:
+        os.remove(path)
+        raise
+
+
+@dataclass
+class TrainingCheckpoint:
+    """What train.py writes to ``<save-folder>/<model>.pth`` (and ``<model>_best.pth``), key by key.
+
+    :param model: the model's state dict (no ``module.`` prefix)
+    :param optimizer: the SGD state dict; ``lr_scheduler`` the schedule's; ``scaler`` the float16
+        ``GradScaler``'s, None without one
+    :param epoch: whole epochs done; ``iteration``: optimizer steps done
+    :param model_name: "ssd" or "ssdlite"; ``num_classes``: background + categories
+    :param category_ids: the dataset's id of each label 1..K; ``category_names`` their names
+    :param best_map: the best COCO AP so far; ``history``: one dict per finished epoch (its
+        :class:`~src.training.loop.EpochStats` and COCO stats)
+    :param progress: None at an epoch boundary; stopped mid-epoch, every rank's
+        :class:`~src.training.loop.EpochTotals` as a dict (:mod:`src.training.resume`)
+    :param rng: every rank's random states at a mid-epoch stop (rank 0's alone otherwise)
+    :param args: train.py's flags, for the record
+    """
+    model: dict
+    optimizer: dict
+    lr_scheduler: dict
+    scaler: dict | None
+    epoch: int
+    iteration: int
+    model_name: str
+    num_classes: int
+    category_ids: list
+    category_names: list
+    best_map: float = 0.0
+    history: list = field(default_factory=list)
+    progress: list | None = None
+    rng: list = field(default_factory=list)
+    args: dict = field(default_factory=dict)
+
+    def save(self, path: str):
+        """Written atomically; refused (the file at ``path`` kept) when a weight is not finite."""
+        for name, p in self.model.items():
+            if p.is_floating_point() and not torch.isfinite(p).all():
+                raise CheckpointError(f"weights became non-finite ({name}): not saving over {path}")
+        save_atomic({f.name: getattr(self, f.name) for f in fields(self)}, path)
+
+    @classmethod
+    def read(cls, path: str, model_name: str, category_ids: list, data_path: str) -> "TrainingCheckpoint":
+        """The training checkpoint at ``path``, checked: ours, of this model and of these categories."""
+        ckpt = read_checkpoint(path)
+        if "model_name" not in ckpt or "optimizer" not in ckpt:
+            raise CheckpointError(f"{path} is not a training checkpoint of this project: move it away "
+                                  "or choose another --save-folder")
+        if ckpt["model_name"] != model_name:
+            raise CheckpointError(f"{path} is a {ckpt['model_name']} checkpoint, not {model_name}: "
+                                  f"use --model {ckpt['model_name']} or another --save-folder")
+        if list(ckpt.get("category_ids", [])) != list(category_ids):
+            raise CheckpointError(f"{path} was trained on {ckpt.get('num_classes', 1) - 1} other categories than "
+                                  f"the {len(category_ids)} of {data_path}: choose another --save-folder")
+        names = [f.name for f in fields(cls)]
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        absent = [k for k in required if k not in ckpt]
+        if absent:
+            raise CheckpointError(f"{path} lacks {', '.join(absent)}: not a whole training checkpoint; move it "
+                                  "away or choose another --save-folder")
+        return cls(**{k: v for k, v in ckpt.items() if k in names})

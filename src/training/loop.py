@@ -1,7 +1,7 @@
 """One training epoch: the loop train.py runs, and the step it repeats."""
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -40,6 +40,35 @@ class Step:
     log_every: int = 20
 
 
+@dataclass
+class EpochTotals:
+    """This rank's running totals of an epoch: what a mid-epoch checkpoint keeps (as a dict) so that
+    the epoch's averages come out as if it never stopped.
+
+    :param sums: summed losses of the batches so far, ``[total, loc, cls]``
+    :param batches: batches trained; ``bad_images``: unreadable images met; ``resized``: images of
+        another size than annotated
+    :param complete: False when a signal stopped the epoch part-way
+    """
+    sums: list = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    batches: int = 0
+    bad_images: int = 0
+    resized: int = 0
+    complete: bool = True
+    images_per_s: float = 0.0
+
+
+@dataclass
+class EpochStats:
+    """An epoch's figures over every rank: mean losses per batch, images skipped or rescaled."""
+    loss: float
+    loc: float
+    cls: float
+    bad_images: int
+    resized: int
+    images_per_s: float
+
+
 def train_step(model, criterion, images, targets, step: Step) -> dict:
     """Match, forward, loss, backward and optimizer step for one batch; returns the losses.
 
@@ -67,20 +96,20 @@ def _check_bad_share(bad: int, seen: int, max_share: float, final: bool):
                            f"more than {max_share:.0%}: check the image files (--max-bad-images sets the share)")
 
 
-def train_one_epoch(model, criterion, loader, step: Step, *, totals=None, should_stop=None, writer=None, desc=""):
+def train_one_epoch(model, criterion, loader, step: Step, *, totals: EpochTotals | None = None, should_stop=None,
+                    writer=None, desc="") -> EpochTotals:
     """Train over ``loader`` once, or until ``should_stop(iteration)`` says so after a step.
 
     :param totals: the running totals of an epoch resumed mid-way (``loader`` then yields
         only its remaining batches), as returned here; None for a new epoch
-    :return: this rank's running totals ``{"sums": [total, loc, cls], "batches", "bad_images",
-        "resized", "complete", "images_per_s"}``; :func:`epoch_summary` turns them into averages
-        over the ranks. An epoch with more than ``step.max_bad_share`` unreadable images raises
+    :return: this rank's running totals; :func:`epoch_summary` turns them into averages over
+        the ranks. An epoch with more than ``step.max_bad_share`` unreadable images raises
         :class:`DatasetError`.
     """
     model.train()
-    totals = totals or {"sums": [0.0, 0.0, 0.0], "batches": 0, "bad_images": 0}
-    sums = torch.tensor(totals["sums"], device=step.device)
-    batches, bad, resized = totals["batches"], totals["bad_images"], totals.get("resized", 0)
+    totals = totals or EpochTotals()
+    sums = torch.tensor(totals.sums, device=step.device)
+    batches, bad, resized = totals.batches, totals.bad_images, totals.resized
     previous = (None, None, None)  # (loss, iteration, image ids) of the last step, checked late
     start, seen, complete = time.perf_counter(), 0, True
     bar = tqdm(loader, desc=desc, disable=not is_main_process(), dynamic_ncols=True, leave=True,
@@ -108,18 +137,17 @@ def train_one_epoch(model, criterion, loader, step: Step, *, totals=None, should
     _check_finite(*previous)
     if complete:
         _check_bad_share(bad, batches * loader.batch_size, step.max_bad_share, final=True)
-    return {"sums": sums.tolist(), "batches": batches, "bad_images": bad, "resized": resized, "complete": complete,
-            "images_per_s": seen / max(1e-9, time.perf_counter() - start)}
+    return EpochTotals(sums.tolist(), batches, bad, resized, complete,
+                       images_per_s=seen / max(1e-9, time.perf_counter() - start))
 
 
-def epoch_summary(totals: dict) -> dict:
+def epoch_summary(totals: EpochTotals) -> EpochStats:
     """Losses averaged over the epoch's batches and the ranks; bad and resized images summed over the ranks."""
-    t = torch.tensor([*totals["sums"], totals["batches"], totals["bad_images"], totals.get("resized", 0)],
-                     dtype=torch.float64)
+    t = torch.tensor([*totals.sums, totals.batches, totals.bad_images, totals.resized], dtype=torch.float64)
     t = all_reduce_sum(t)
     n = max(1.0, t[3].item())
-    return {"loss": t[0].item() / n, "loc": t[1].item() / n, "cls": t[2].item() / n,
-            "bad_images": int(t[4].item()), "resized": int(t[5].item()), "images_per_s": totals["images_per_s"]}
+    return EpochStats(loss=t[0].item() / n, loc=t[1].item() / n, cls=t[2].item() / n, bad_images=int(t[4].item()),
+                      resized=int(t[5].item()), images_per_s=totals.images_per_s)
 
 
 def _log_step(bar, writer, parts, optimizer, step, rate):

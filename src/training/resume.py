@@ -12,14 +12,14 @@ The interface: :func:`resume_point` reads it from a checkpoint, :func:`begin_epo
 """
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from src.checkpoints.schema import read_checkpoint
+from src.checkpoints.schema import TrainingCheckpoint
+from src.training.loop import EpochTotals
 from src.utils.distributed import gather_lists
-from src.utils.errors import CheckpointError
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -78,46 +78,30 @@ class ResumePoint:
     """Where a run continues: ``epoch`` whole epochs done, and for an epoch stopped part-way this
     rank's running totals (``progress``) and random states (``rng``) at the stop."""
     epoch: int = 0
-    progress: dict | None = None
+    progress: EpochTotals | None = None
     rng: dict | None = None
 
 
-def read_run_checkpoint(path: str, model_name: str, category_ids: list, data_path: str) -> dict:
-    """The training checkpoint at ``path``, checked: ours, of this model and of these categories."""
-    ckpt = read_checkpoint(path)
-    if "model_name" not in ckpt or "optimizer" not in ckpt:
-        raise CheckpointError(f"{path} is not a training checkpoint of this project: move it away "
-                              "or choose another --save-folder")
-    if ckpt["model_name"] != model_name:
-        raise CheckpointError(f"{path} is a {ckpt['model_name']} checkpoint, not {model_name}: "
-                              f"use --model {ckpt['model_name']} or another --save-folder")
-    if list(ckpt["category_ids"]) != list(category_ids):
-        raise CheckpointError(f"{path} was trained on {ckpt['num_classes'] - 1} other categories than the "
-                              f"{len(category_ids)} of {data_path}: choose another --save-folder")
-    return ckpt
-
-
-def resume_point(ckpt: dict | None, rank: int, world_size: int) -> ResumePoint:
+def resume_point(ckpt: TrainingCheckpoint | None, rank: int, world_size: int) -> ResumePoint:
     """This rank's resume point in ``ckpt`` (a fresh start for None). A mid-epoch checkpoint made
     with another number of processes continues from rank 0's point on every rank."""
     if ckpt is None:
         return ResumePoint()
-    progress, rng = ckpt.get("progress"), ckpt.get("rng")
-    if not progress:
-        return ResumePoint(ckpt["epoch"])
-    mine = rank if len(progress) == world_size else 0
-    return ResumePoint(ckpt["epoch"], progress[mine], rng[mine])
+    if not ckpt.progress:
+        return ResumePoint(ckpt.epoch)
+    mine = rank if len(ckpt.progress) == world_size else 0
+    return ResumePoint(ckpt.epoch, EpochTotals(**ckpt.progress[mine]), ckpt.rng[mine])
 
 
 def begin_epoch(point: ResumePoint, epoch: int, sampler: ResumableSampler, batch_size: int, seed: int,
-                rank: int) -> dict | None:
+                rank: int) -> EpochTotals | None:
     """Set the sampler and the random states for ``epoch``; resume the epoch ``point`` stopped in.
 
     :return: the running totals to continue from (None for an epoch from its start)
     """
     sampler.set_epoch(epoch)
     resumed = point.progress is not None and epoch == point.epoch
-    sampler.skip = point.progress["batches"] * batch_size if resumed else 0
+    sampler.skip = point.progress.batches * batch_size if resumed else 0
     if resumed:
         set_rng_states(point.rng)  # continue the same random streams
         return point.progress
@@ -125,7 +109,7 @@ def begin_epoch(point: ResumePoint, epoch: int, sampler: ResumableSampler, batch
     return None
 
 
-def capture(totals: dict) -> dict:
-    """At a mid-epoch stop, every rank's totals and random states (a collective call): what
-    :func:`resume_point` reads back."""
-    return {"progress": gather_lists([totals]), "rng": gather_lists([rng_states()])}
+def capture(totals: EpochTotals) -> dict:
+    """At a mid-epoch stop, every rank's totals and random states (a collective call): the
+    checkpoint's ``progress`` and ``rng``, which :func:`resume_point` reads back."""
+    return {"progress": gather_lists([asdict(totals)]), "rng": gather_lists([rng_states()])}
