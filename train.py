@@ -32,6 +32,7 @@ from src.cli import (
     training_batch_size,
     zoom_factor,
 )
+from src.data.crop import IOU_CROP_OPTIONS
 from src.data.dataset import (
     collate,
     dataset_from,
@@ -107,6 +108,20 @@ def get_args_parser():
                    help="hardest negatives an image without objects contributes to the loss (0: none, as the paper)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                    help="Nesterov momentum (the original's); --no-nesterov for plain momentum")
+    variants = p.add_argument_group("recipe variants", "what the ablation study compares (docs/ablation.md); the "
+                                                        "defaults are the recipe")
+    variants.add_argument("--crop-ious", type=fraction, nargs="+", default=list(IOU_CROP_OPTIONS), metavar="IOU",
+                          help="minimum IoUs the crop draws from, each equally likely: 1 keeps the whole image, 0 is "
+                               "a patch with no IoU constraint (default: the paper's seven)")
+    variants.add_argument("--channel-shuffle", type=fraction, default=0.0, metavar="P",
+                          help="probability of reordering the colour channels (torchvision's last colour step)")
+    variants.add_argument("--decay-all", action="store_true",
+                          help="weight decay on BatchNorm parameters and biases too (the original's)")
+    variants.add_argument("--skip-empty-images", action="store_true",
+                          help="leave images without annotations out of training (NVIDIA's and the original's)")
+    variants.add_argument("--detach-first-map", action="store_true",
+                          help="SSDLite: no gradient from the first feature map into the backbone (the original's "
+                               "forward hook)")
     p.add_argument("--nms-threshold", type=fraction, default=0.5)
     p.add_argument("--num-workers", type=non_negative_int, default=4)
     p.add_argument("--device", type=device_name, default=default_device())
@@ -211,8 +226,11 @@ def build_datasets(args, world_size: int):
     fmt = detect_format(args.data_path[0]) if args.data_format == "auto" else args.data_format
     train_split, val_split = args.train_split or DEFAULT_SPLITS[fmt][0], args.val_split or DEFAULT_SPLITS[fmt][1]
     train_source = merge([source(root, train_split, fmt) for root in args.data_path], read_source)
-    augment = train_transforms(zoom_out=args.zoom_out, photometric=args.photometric, crop=args.crop)
+    augment = train_transforms(zoom_out=args.zoom_out, photometric=args.photometric, crop=args.crop,
+                               min_ious=args.crop_ious, channel_shuffle=args.channel_shuffle)
     train = dataset_from(train_source, augment, max_missing=args.max_bad_images)
+    if args.skip_empty_images and train.drop_empty() and is_main_process():
+        print(f"{len(train)} training images with annotations kept (--skip-empty-images)")
     val = dataset_from(source(args.data_path[0], val_split, fmt), val_transforms(), max_missing=args.max_bad_images)
     if train.category_ids != val.category_ids:
         raise DatasetError(f"{train.annotation_file} and {val.annotation_file} list different categories")
@@ -236,7 +254,7 @@ def create_model(args, num_classes: int, device, from_checkpoint: bool):
     pretrained = not args.no_pretrained_backbone and not from_checkpoint and not finetune
     if pretrained:
         fetch_backbone_weights(args.model)
-    model = build_model(args.model, num_classes, pretrained_backbone=pretrained)
+    model = build_model(args.model, num_classes, pretrained_backbone=pretrained, detach_first_map=args.detach_first_map)
     if finetune:
         skipped = load_matching_weights(model, args.finetune_from)
         if is_main_process():
@@ -282,7 +300,7 @@ def build_val_loader(args, val_set, rank: int, world_size: int, device):
 def build_step(args, model, iters_per_epoch: int, world_size: int, device) -> Step:
     """SGD (the lr scaled to the global batch), warm-up and drops, the AMP scaler: one training step."""
     lr = scaled_lr(args.lr, args.batch_size, world_size)
-    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay), lr=lr, momentum=args.momentum,
+    optimizer = torch.optim.SGD(param_groups(model, args.weight_decay, args.decay_all), lr=lr, momentum=args.momentum,
                                 nesterov=args.nesterov and args.momentum > 0)
     return Step(optimizer, warmup_multistep(optimizer, iters_per_epoch, args.warmup, args.multistep), device,
                 scaler=torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None,
@@ -411,7 +429,10 @@ def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):
 
 
 if __name__ == "__main__":
-    arguments = get_args_parser().parse_args()
+    parser = get_args_parser()
+    arguments = parser.parse_args()
+    if arguments.detach_first_map and arguments.model != "ssdlite":
+        parser.error("--detach-first-map applies to --model ssdlite only")
     if arguments.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(arguments.local_rank))
     try:

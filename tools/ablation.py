@@ -8,11 +8,10 @@ seed, and prints one table of COCO AP on the toy val split (mean and the two see
     python tools/ablation.py --out ablation/ --rows defaults old-defaults --seeds 0 1 2
     python tools/ablation.py --out ablation/ --style distractor --rows defaults no-empty-negatives
 
-Rows are flags of train.py, or changes no flag offers (weight decay on every parameter, empty
-images left out, the first SSDLite map detached as in the original, the crop without its
-unconstrained option), made here by patching the code for that run only. Each run is a
-process of its own; results are appended to <out>/results.jsonl, and a run already there is
-not run again.
+Every row is a set of train.py's flags (its "recipe variants" group holds those that exist
+for studies), so the study runs the code users run. Each run is a process of its own; results
+are appended to <out>/results.jsonl, and a run already there is not run again. The tables and
+what they decided: docs/ablation.md.
 """
 import argparse
 import json
@@ -27,23 +26,25 @@ ROOT = os.path.dirname(HERE)
 BUDGET = ["--model", "ssdlite", "--batch-size", "16", "--lr", "0.02", "--warmup", "50", "--epochs", "8",
           "--multistep", "--eval-every", "8", "--no-pretrained-backbone", "--num-workers", "1"]
 
+SIX_CROPS = ["--crop-ious", "0.1", "0.3", "0.5", "0.7", "0.9", "1"]  # the crop without its unconstrained option
 # the defaults before this study: zoom-out 4, six crop options found by the paper's rule, plain
 # momentum, images without objects adding nothing to the loss, colour channels shuffled
-OLD = ["--zoom-out", "4", "--crop", "paper", "--no-nesterov", "--empty-negatives", "0"]
+OLD = ["--zoom-out", "4", "--crop", "paper", "--no-nesterov", "--empty-negatives", "0", *SIX_CROPS,
+       "--channel-shuffle", "0.5"]
 
-ROWS = {  # name: (train.py flags, patches)
-    "old-defaults": (OLD, ["six-crops", "channel-shuffle"]),
-    "defaults": ([], []),
-    "zoom-out-4": (["--zoom-out", "4"], []),
-    "crop-paper": (["--crop", "paper"], []),
-    "six-crops": ([], ["six-crops"]),
-    "no-nesterov": (["--no-nesterov"], []),
-    "decay-on-all": ([], ["decay-on-all"]),
-    "no-empty-negatives": (["--empty-negatives", "0"], []),
-    "empty-images-left-out": ([], ["drop-empty"]),
-    "photometric-0.5": (["--photometric", "0.5"], []),
-    "photometric-0": (["--photometric", "0"], []),
-    "detach-first-map": ([], ["detach-first"]),
+ROWS = {  # name: train.py flags
+    "old-defaults": OLD,
+    "defaults": [],
+    "zoom-out-4": ["--zoom-out", "4"],
+    "crop-paper": ["--crop", "paper"],
+    "six-crops": SIX_CROPS,
+    "no-nesterov": ["--no-nesterov"],
+    "decay-on-all": ["--decay-all"],
+    "no-empty-negatives": ["--empty-negatives", "0"],
+    "empty-images-left-out": ["--skip-empty-images"],
+    "photometric-0.5": ["--photometric", "0.5"],
+    "photometric-0": ["--photometric", "0"],
+    "detach-first-map": ["--detach-first-map"],
 }
 
 
@@ -52,48 +53,13 @@ def get_args_parser():
     p.add_argument("--out", required=True, help="data, runs and results.jsonl go here")
     p.add_argument("--rows", nargs="*", choices=list(ROWS), default=list(ROWS))
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1])
-    p.add_argument("--style", choices=["plain", "distractor"], default="plain", help="the toy set (src/toy_dataset.py)")
+    p.add_argument("--style", choices=["plain", "distractor"], default="plain",
+                   help="the toy set (src/data/toy_dataset.py)")
     p.add_argument("--child", nargs=3, metavar=("ROW", "SEED", "DATA"), help=argparse.SUPPRESS)
     return p
 
 
-# --- one run, in its own process, with the row's patches ---------------------------------------
-
-def apply_patches(train, patches):
-    """Changes no flag offers, made for this process only."""
-    import torch
-
-    from src import transforms
-    from src.models.ssd import MobileNetV2Backbone
-    if "six-crops" in patches:  # the crop before the paper's unconstrained option was added
-        transforms.IOU_CROP_OPTIONS.remove(0.0)
-    if "decay-on-all" in patches:  # weight decay on BatchNorm and biases too (the original's)
-        train.param_groups = lambda model, wd: [{"params": list(model.parameters()), "weight_decay": wd}]
-    if "drop-empty" in patches:  # images without objects left out of training (NVIDIA's, the original's)
-        build = train.build_datasets
-
-        def without_empty(args, *rest):
-            train_set, val_set = build(args, *rest)
-            train_set.ids = [i for i in train_set.ids if train_set.coco.imgToAnns.get(i)]
-            return train_set, val_set
-        train.build_datasets = without_empty
-    if "channel-shuffle" in patches:  # torchvision's last colour step, with probability 0.5
-        from src import augment
-        distort = augment.photometric_distort
-
-        def shuffled(rgb, strength=1.0):
-            rgb = distort(rgb, strength)
-            return rgb[..., torch.randperm(3).numpy()].copy() if torch.rand(()) < 0.5 else rgb
-        augment.photometric_distort = shuffled
-    if "detach-first" in patches:  # the original's forward hook cut the first map's gradient
-        forward = MobileNetV2Backbone.forward
-
-        def detached(self, x):
-            first, last = forward(self, x)
-            return [first.detach(), last]
-        MobileNetV2Backbone.forward = detached
-    torch.set_num_threads(2)
-
+# --- one run, in its own process -----------------------------------------------------------
 
 def false_positives(checkpoint, data, min_score=0.3):
     """Detections scoring at least ``min_score`` per distractor-only val image (no object there)."""
@@ -116,12 +82,13 @@ def false_positives(checkpoint, data, min_score=0.3):
 def child(row, seed, data, out):
     sys.path.insert(0, ROOT)
     os.chdir(ROOT)
+    import torch
+
     import train
-    flags, patches = ROWS[row]
-    apply_patches(train, patches)
+    torch.set_num_threads(2)
     save = os.path.join(out, "runs", f"{os.path.basename(data)}-{row}-seed{seed}")
     args = train.get_args_parser().parse_args(
-        [*BUDGET, *flags, "--data-path", data, "--save-folder", save, "--log-path", os.path.join(save, "tb"),
+        [*BUDGET, *ROWS[row], "--data-path", data, "--save-folder", save, "--log-path", os.path.join(save, "tb"),
          "--seed", str(seed)])
     train.main(args)
     from src.checkpoints.schema import read_checkpoint

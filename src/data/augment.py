@@ -112,13 +112,14 @@ def move_regions(regions: torch.Tensor, g: Geometry, size: int) -> torch.Tensor:
     return regions[((regions[:, 2:] - regions[:, :2]) > 0).all(1)]
 
 
-def photometric_distort(rgb: np.ndarray, strength: float = 1.0) -> np.ndarray:
+def photometric_distort(rgb: np.ndarray, strength: float = 1.0, channel_shuffle: float = 0.0) -> np.ndarray:
     """The SSD paper's colour distortion, each step with probability 0.5: brightness x[0.875,
     1.125], contrast x[0.5, 1.5] (before or after the next two), saturation x[0.5, 1.5], hue
     +-0.05 of the circle. Same ranges as ``v2.RandomPhotometricDistort`` at ``strength`` 1; each
     range shrinks towards no change with ``strength``. The channels are never reordered: the
     paper's configuration gives that step probability 0 (torchvision's class, 0.5), and a
-    red object turned blue is another object in many users' data (lights, fruit, signs).
+    red object turned blue is another object in many users' data (lights, fruit, signs);
+    ``channel_shuffle`` is that step's probability, for studies.
 
     :param rgb: (H, W, 3) uint8
     :return: (H, W, 3) uint8
@@ -141,6 +142,8 @@ def photometric_distort(rgb: np.ndarray, strength: float = 1.0) -> np.ndarray:
         rgb = _shift_hue(rgb, (2 * r[8] - 1) * 0.05 * strength)
     if not contrast_first and r[3] < 0.5:
         rgb = _contrast(rgb, factor(r[4], 0.5))
+    if channel_shuffle > 0 and torch.rand(()) < channel_shuffle:  # no draw when off: the stream stays the same
+        rgb = rgb[..., torch.randperm(3).numpy()].copy()
     return rgb
 
 

@@ -166,6 +166,13 @@ class CocoDetection(torch.utils.data.Dataset):
         self.label_of = {cat: i + 1 for i, cat in enumerate(self.category_ids)}
         self.transforms = transforms
 
+    def drop_empty(self) -> int:
+        """Leave out the images without annotations (NVIDIA's and the original's training sets do);
+        :return: how many were left out."""
+        before = len(self.ids)
+        self.ids = [i for i in self.ids if self.coco.imgToAnns.get(i)]
+        return before - len(self.ids)
+
     @property
     def num_classes(self) -> int:
         return len(self.category_ids) + 1

@@ -32,8 +32,9 @@ class SSDAugmentation:
     """
 
     def __init__(self, size: int = 300, zoom_out: float = 1.0, min_ious=IOU_CROP_OPTIONS, photometric=1.0,
-                 crop: str = "nvidia"):
-        self.size, self.zoom_out, self.min_ious, self.photometric = size, zoom_out, min_ious, photometric
+                 crop: str = "nvidia", channel_shuffle: float = 0.0):
+        self.size, self.zoom_out, self.min_ious, self.photometric = size, zoom_out, tuple(min_ious), photometric
+        self.channel_shuffle = channel_shuffle
         self.crop_rule = CROP_RULES[crop]
         self.fill = [round(255 * m) for m in IMAGENET_MEAN]
         self.normalize = v2.Compose(_normalize())
@@ -43,8 +44,8 @@ class SSDAugmentation:
         boxes = target["boxes"].as_subclass(torch.Tensor)
         g = augment.sample_geometry(boxes, h, w, self.zoom_out, self.min_ious, self.crop_rule)
         pixels = augment.render(image.as_subclass(torch.Tensor), g, self.size, self.fill)
-        if self.photometric > 0:
-            pixels = augment.photometric_distort(pixels, self.photometric)
+        if self.photometric > 0 or self.channel_shuffle > 0:
+            pixels = augment.photometric_distort(pixels, self.photometric, self.channel_shuffle)
         boxes, labels = augment.move_boxes(boxes, target["labels"], g, self.size)
         image = tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())  # (3, size, size) uint8
         canvas = (self.size, self.size)
@@ -55,9 +56,10 @@ class SSDAugmentation:
         return self.normalize(image), out
 
 
-def train_transforms(size: int = 300, zoom_out: float = 1.0, photometric: float = 1.0, crop: str = "nvidia"):
+def train_transforms(size: int = 300, zoom_out: float = 1.0, photometric: float = 1.0, crop: str = "nvidia",
+                     min_ious=IOU_CROP_OPTIONS, channel_shuffle: float = 0.0):
     """The SSD paper's augmentation; see :class:`SSDAugmentation`."""
-    return SSDAugmentation(size, zoom_out, photometric=photometric, crop=crop)
+    return SSDAugmentation(size, zoom_out, min_ious, photometric, crop, channel_shuffle)
 
 
 def val_transforms(size: int = 300) -> v2.Compose:

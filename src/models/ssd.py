@@ -34,17 +34,20 @@ class ResNet50Backbone(nn.Module):
 
 class MobileNetV2Backbone(nn.Module):
     """MobileNetV2 features, giving two maps at 300x300: the expansion output of block 14
-    (19x19x576, after its ReLU6) and the last 1x1 conv (10x10x1280)."""
+    (19x19x576, after its ReLU6) and the last 1x1 conv (10x10x1280). ``detach_first`` cuts the
+    gradient of the first map into the backbone, as the original repository's forward hook did
+    by accident (a recipe variant for studies; it changes no output)."""
 
-    def __init__(self, weights=None):
+    def __init__(self, weights=None, detach_first: bool = False):
         super().__init__()
         self.feature_extractor = mobilenet_v2(weights=weights).features
+        self.detach_first = detach_first
 
     def forward(self, x):
         features = self.feature_extractor
         block14 = features[14].conv
         x = block14[0](features[:14](x))
-        first = x  # (N, 576, 19, 19)
+        first = x.detach() if self.detach_first else x  # (N, 576, 19, 19)
         x = features[15:](block14[1:](x))  # block 14 has stride 2: no residual to add
         return [first, x]  # ..., (N, 1280, 10, 10)
 
@@ -76,16 +79,21 @@ class SSD(nn.Module):
     :param spec: the architecture (``specs.SSD300`` or ``specs.SSDLITE``)
     :param num_classes: categories plus one for background
     :param pretrained_backbone: load torchvision's ImageNet weights into the backbone
+    :param detach_first_map: SSDLite only: no gradient from the first feature map into the
+        backbone (the original's accident, kept as a recipe variant; see MobileNetV2Backbone)
     """
 
-    def __init__(self, spec: SSDSpec, num_classes: int, pretrained_backbone: bool = False):
+    def __init__(self, spec: SSDSpec, num_classes: int, pretrained_backbone: bool = False,
+                 detach_first_map: bool = False):
         super().__init__()
         self.spec = spec
         self.num_classes = num_classes
         if spec.name == "ssd":
+            if detach_first_map:
+                raise ValueError("detach_first_map is an SSDLite variant")
             self._build_ssd300(pretrained_backbone)
         else:
-            self._build_ssdlite(pretrained_backbone)
+            self._build_ssdlite(pretrained_backbone, detach_first_map)
         self._init_new_layers()
 
     def _build_ssd300(self, pretrained):
@@ -101,9 +109,10 @@ class SSD(nn.Module):
         self.loc = nn.ModuleList(nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(ch, boxes))
         self.conf = nn.ModuleList(nn.Conv2d(c, a * self.num_classes, 3, padding=1) for c, a in zip(ch, boxes))
 
-    def _build_ssdlite(self, pretrained):
+    def _build_ssdlite(self, pretrained, detach_first_map):
         spec = self.spec
-        self.feature_extractor = MobileNetV2Backbone(BACKBONE_WEIGHTS["ssdlite"] if pretrained else None)
+        self.feature_extractor = MobileNetV2Backbone(BACKBONE_WEIGHTS["ssdlite"] if pretrained else None,
+                                                     detach_first_map)
         ch = spec.out_channels
         expand = (0.2, 0.25, 0.5, 0.25)
         self.additional_blocks = nn.ModuleList(
@@ -140,6 +149,6 @@ class SSD(nn.Module):
         return ploc, plabel
 
 
-def build_model(name: str, num_classes: int, pretrained_backbone: bool = False) -> SSD:
+def build_model(name: str, num_classes: int, pretrained_backbone: bool = False, detach_first_map: bool = False) -> SSD:
     """SSD300-ResNet50 (``"ssd"``) or SSDLite-MobileNetV2 (``"ssdlite"``)."""
-    return SSD(get_spec(name), num_classes, pretrained_backbone)
+    return SSD(get_spec(name), num_classes, pretrained_backbone, detach_first_map)
