@@ -68,7 +68,7 @@ from src.utils.errors import CheckpointError, DatasetError, ImageReadError, User
 from src.utils.outputs import FolderLock, OutputGuard, identity
 
 EMPTY_NEGATIVES = 30  # hard negatives of an image without objects: those of an image with 10 positives
-CROP = "nvidia"  # NVIDIA's and the original's crop search: what the ablation chose (README, Results)
+CROP = "nvidia"  # NVIDIA's and the original's crop search: what the ablation chose (docs/results.md)
 
 
 def get_args_parser():

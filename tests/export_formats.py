@@ -1,5 +1,5 @@
 """Test tool: write a COCO-format set in Pascal VOC's and in YOLO's layouts, from first principles
-(their published formats), independently of src/formats.py, which reads them back."""
+(their published formats), independently of src/data/formats.py, which reads them back."""
 import json
 import os
 import shutil

@@ -157,5 +157,5 @@ def _torchvision_batched(boxes, scores, valid, iou_threshold):
 
 
 NMS_METHODS = {"greedy": _greedy, "torchvision-loop": _torchvision_loop, "torchvision-batched": _torchvision_batched}
-# the fastest on each device, as measured by `python benchmark.py --only decode` (README, Speed)
+# the fastest on each device, as measured by `python benchmark.py --only decode` (docs/speed.md)
 NMS_BY_DEVICE = {"cpu": "greedy", "cuda": "torchvision-batched"}
