@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from src.checkpoints.schema import (
+    TrainingCheckpoint,
     infer_model_name,
     infer_num_classes,
     load_model_weights,
@@ -12,6 +13,8 @@ from src.checkpoints.schema import (
     save_atomic,
 )
 from src.models.ssd import build_model
+from src.training.loop import EpochTotals
+from src.training.resume import resume_point
 from src.utils.errors import CheckpointError
 
 
@@ -74,3 +77,58 @@ def test_save_atomic_leaves_no_temporary_and_round_trips(tmp_path):
     assert os.listdir(path.parent) == ["model.pth"]
     loaded = model_state_dict(read_checkpoint(str(path)))
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+def training_checkpoint(**changes) -> TrainingCheckpoint:
+    model = build_model("ssdlite", 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0)
+    fields = dict(model=model.state_dict(), optimizer=optimizer.state_dict(), lr_scheduler=schedule.state_dict(),
+                  scaler=None, epoch=2, iteration=10, model_name="ssdlite", num_classes=3, category_ids=[4, 9],
+                  category_names=["cat", "dog"], best_map=0.25, history=[{"epoch": 1, "loss": 3.0}],
+                  progress=[{"sums": [1.0, 0.5, 0.5], "batches": 4, "bad_images": 0, "resized": 1,
+                             "complete": False, "images_per_s": 7.0}], rng=[{}], args={"lr": 0.1})
+    return TrainingCheckpoint(**{**fields, **changes})
+
+
+def test_training_checkpoint_round_trips_every_key(tmp_path):
+    path = str(tmp_path / "ssdlite.pth")
+    saved = training_checkpoint()
+    saved.save(path)
+    read = TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data")
+    assert sorted(read_checkpoint(path)) == sorted(vars(saved))  # what is on disk is the schema, no more
+    assert (read.epoch, read.iteration, read.best_map, read.history, read.args) == (2, 10, 0.25, saved.history,
+                                                                                    {"lr": 0.1})
+    for k, v in saved.model.items():
+        assert torch.equal(read.model[k], v)
+    point = resume_point(read, rank=0, world_size=1)  # the mid-epoch totals come back typed
+    assert point.epoch == 2 and point.progress == EpochTotals([1.0, 0.5, 0.5], 4, 0, 1, False, 7.0)
+
+
+def test_training_checkpoint_is_checked_when_read(tmp_path):
+    path = str(tmp_path / "ssdlite.pth")
+    training_checkpoint().save(path)
+    with pytest.raises(CheckpointError, match="is a ssdlite checkpoint, not ssd"):
+        TrainingCheckpoint.read(path, "ssd", [4, 9], "data")
+    with pytest.raises(CheckpointError, match="other categories"):
+        TrainingCheckpoint.read(path, "ssdlite", [4, 10], "data")
+    ckpt = read_checkpoint(path)
+    del ckpt["lr_scheduler"]
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="lacks lr_scheduler"):
+        TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data")
+    for key in ("progress", "rng", "history", "best_map", "args"):  # optional: an older file of ours still reads
+        ckpt.pop(key)
+    ckpt["lr_scheduler"] = training_checkpoint().lr_scheduler
+    torch.save(ckpt, path)
+    assert TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data").progress is None
+
+
+def test_non_finite_weights_are_not_saved_over_a_checkpoint(tmp_path):
+    path = tmp_path / "ssdlite.pth"
+    path.write_bytes(b"previous")
+    bad = training_checkpoint()
+    bad.model["conf.0.3.weight"][0] = float("nan")
+    with pytest.raises(CheckpointError, match="non-finite"):
+        bad.save(str(path))
+    assert path.read_bytes() == b"previous"

@@ -3,9 +3,8 @@
 Three forms are read (every one with ``weights_only=True``: a file that carries pickled code is
 refused before any of it runs):
 
-- ours, written by train.py (:class:`TrainingCheckpoint`, every key listed there); a file of
-  ours needs only ``model`` and ``model_name`` / ``num_classes`` / ``category_ids`` /
-  ``category_names`` to be used for inference or export;
+- ours, written by train.py (:class:`TrainingCheckpoint`, every key listed there); inference
+  and export read only its ``model``, ``category_ids`` and ``category_names``;
 - the original repository's: ``{"epoch", "model_state_dict", "optimizer", "scheduler"}``;
 - NVIDIA's SSD300 v1.1: ``{"model": state_dict, ...}``, keys possibly prefixed ``module.``.
 
@@ -34,6 +33,68 @@ _RESNET_KEY = "feature_extractor.feature_extractor.4.0.conv1.weight"
 _MOBILENET_KEY = "feature_extractor.feature_extractor.1.conv.0.0.weight"
 # the original SSDLite built a 7th head pair it never used; ours has none
 _UNUSED_SSDLITE_PREFIXES = ("loc.6.", "conf.6.")
+
+
+@dataclass
+class TrainingCheckpoint:
+    """What train.py writes to ``<save-folder>/<model>.pth`` (and ``<model>_best.pth``), key by key.
+
+    :param model: the model's state dict (no ``module.`` prefix)
+    :param optimizer: the SGD state dict; ``lr_scheduler`` the schedule's; ``scaler`` the float16
+        ``GradScaler``'s, None without one
+    :param epoch: whole epochs done; ``iteration``: optimizer steps done
+    :param model_name: "ssd" or "ssdlite"; ``num_classes``: background + categories
+    :param category_ids: the dataset's id of each label 1..K; ``category_names`` their names
+    :param best_map: the best COCO AP so far; ``history``: one dict per finished epoch (its
+        :class:`~src.training.loop.EpochStats` and COCO stats)
+    :param progress: None at an epoch boundary; stopped mid-epoch, every rank's
+        :class:`~src.training.loop.EpochTotals` as a dict (:mod:`src.training.resume`)
+    :param rng: every rank's random states at a mid-epoch stop (rank 0's alone otherwise)
+    :param args: train.py's flags, for the record
+    """
+    model: dict
+    optimizer: dict
+    lr_scheduler: dict
+    scaler: dict | None
+    epoch: int
+    iteration: int
+    model_name: str
+    num_classes: int
+    category_ids: list
+    category_names: list
+    best_map: float = 0.0
+    history: list = field(default_factory=list)
+    progress: list | None = None
+    rng: list = field(default_factory=list)
+    args: dict = field(default_factory=dict)
+
+    def save(self, path: str):
+        """Written atomically; refused (the file at ``path`` kept) when a weight is not finite."""
+        for name, p in self.model.items():
+            if p.is_floating_point() and not torch.isfinite(p).all():
+                raise CheckpointError(f"weights became non-finite ({name}): not saving over {path}")
+        save_atomic({f.name: getattr(self, f.name) for f in fields(self)}, path)
+
+    @classmethod
+    def read(cls, path: str, model_name: str, category_ids: list, data_path: str) -> "TrainingCheckpoint":
+        """The training checkpoint at ``path``, checked: ours, of this model and of these categories."""
+        ckpt = read_checkpoint(path)
+        if "model_name" not in ckpt or "optimizer" not in ckpt:
+            raise CheckpointError(f"{path} is not a training checkpoint of this project: move it away "
+                                  "or choose another --save-folder")
+        if ckpt["model_name"] != model_name:
+            raise CheckpointError(f"{path} is a {ckpt['model_name']} checkpoint, not {model_name}: "
+                                  f"use --model {ckpt['model_name']} or another --save-folder")
+        if list(ckpt.get("category_ids", [])) != list(category_ids):
+            raise CheckpointError(f"{path} was trained on {ckpt.get('num_classes', 1) - 1} other categories than "
+                                  f"the {len(category_ids)} of {data_path}: choose another --save-folder")
+        names = [f.name for f in fields(cls)]
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        absent = [k for k in required if k not in ckpt]
+        if absent:
+            raise CheckpointError(f"{path} lacks {', '.join(absent)}: not a whole training checkpoint; move it "
+                                  "away or choose another --save-folder")
+        return cls(**{k: v for k, v in ckpt.items() if k in names})
 
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
@@ -249,65 +310,3 @@ def check_published(path: str):
     except CheckpointError:
         os.remove(path)
         raise
-
-
-@dataclass
-class TrainingCheckpoint:
-    """What train.py writes to ``<save-folder>/<model>.pth`` (and ``<model>_best.pth``), key by key.
-
-    :param model: the model's state dict (no ``module.`` prefix)
-    :param optimizer: the SGD state dict; ``lr_scheduler`` the schedule's; ``scaler`` the float16
-        ``GradScaler``'s, None without one
-    :param epoch: whole epochs done; ``iteration``: optimizer steps done
-    :param model_name: "ssd" or "ssdlite"; ``num_classes``: background + categories
-    :param category_ids: the dataset's id of each label 1..K; ``category_names`` their names
-    :param best_map: the best COCO AP so far; ``history``: one dict per finished epoch (its
-        :class:`~src.training.loop.EpochStats` and COCO stats)
-    :param progress: None at an epoch boundary; stopped mid-epoch, every rank's
-        :class:`~src.training.loop.EpochTotals` as a dict (:mod:`src.training.resume`)
-    :param rng: every rank's random states at a mid-epoch stop (rank 0's alone otherwise)
-    :param args: train.py's flags, for the record
-    """
-    model: dict
-    optimizer: dict
-    lr_scheduler: dict
-    scaler: dict | None
-    epoch: int
-    iteration: int
-    model_name: str
-    num_classes: int
-    category_ids: list
-    category_names: list
-    best_map: float = 0.0
-    history: list = field(default_factory=list)
-    progress: list | None = None
-    rng: list = field(default_factory=list)
-    args: dict = field(default_factory=dict)
-
-    def save(self, path: str):
-        """Written atomically; refused (the file at ``path`` kept) when a weight is not finite."""
-        for name, p in self.model.items():
-            if p.is_floating_point() and not torch.isfinite(p).all():
-                raise CheckpointError(f"weights became non-finite ({name}): not saving over {path}")
-        save_atomic({f.name: getattr(self, f.name) for f in fields(self)}, path)
-
-    @classmethod
-    def read(cls, path: str, model_name: str, category_ids: list, data_path: str) -> "TrainingCheckpoint":
-        """The training checkpoint at ``path``, checked: ours, of this model and of these categories."""
-        ckpt = read_checkpoint(path)
-        if "model_name" not in ckpt or "optimizer" not in ckpt:
-            raise CheckpointError(f"{path} is not a training checkpoint of this project: move it away "
-                                  "or choose another --save-folder")
-        if ckpt["model_name"] != model_name:
-            raise CheckpointError(f"{path} is a {ckpt['model_name']} checkpoint, not {model_name}: "
-                                  f"use --model {ckpt['model_name']} or another --save-folder")
-        if list(ckpt.get("category_ids", [])) != list(category_ids):
-            raise CheckpointError(f"{path} was trained on {ckpt.get('num_classes', 1) - 1} other categories than "
-                                  f"the {len(category_ids)} of {data_path}: choose another --save-folder")
-        names = [f.name for f in fields(cls)]
-        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-        absent = [k for k in required if k not in ckpt]
-        if absent:
-            raise CheckpointError(f"{path} lacks {', '.join(absent)}: not a whole training checkpoint; move it "
-                                  "away or choose another --save-folder")
-        return cls(**{k: v for k, v in ckpt.items() if k in names})
