@@ -1,0 +1,156 @@
+"""The numbers and rules that define SSD as implemented here, each pinned to an independent source
+(the paper, NVIDIA's SSD300 v1.1 recipe, torchvision's COCO table) or to a value worked by hand.
+A change to any of them must fail here, not pass silently."""
+import importlib.util
+import math
+import os
+
+import pytest
+import torch
+from torchvision.models import _meta
+
+import train
+from src.data.categories import COCO_CATEGORIES
+from src.data.dataset import CocoDetection
+from src.inference.detector import Detector
+from src.models.box_coder import BoxCoder
+from src.models.loss import MultiBoxLoss
+from src.models.postprocess import Postprocessor
+from src.models.specs import SSDLITE
+from src.models.ssd import build_model
+from src.training.optim import scaled_lr, warmup_multistep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def script(name):
+    """A top-level script as a module (tests/ has a test_dataset.py of its own)."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(ROOT, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_coco_category_table_is_cocos():
+    """torchvision's table lists the 91 ids of COCO's paper (0 background, 'N/A' where 2017 has none)."""
+    expected = [(i, name) for i, name in enumerate(_meta._COCO_CATEGORIES) if name not in ("__background__", "N/A")]
+    assert COCO_CATEGORIES == expected
+    assert len(COCO_CATEGORIES) == 80 and COCO_CATEGORIES[0] == (1, "person") and COCO_CATEGORIES[-1] == (90,
+                                                                                                        "toothbrush")
+
+
+def test_training_recipe_defaults_are_nvidias():
+    """NVIDIA's SSD300 v1.1 (its README and main.py): 65 epochs, lr 2.6e-3 per 32 images, 300 warm-up
+    iterations, drops after epochs 43 and 54, momentum 0.9, weight decay 5e-4, batch 32."""
+    args = train.get_args_parser().parse_args([])
+    assert (args.epochs, args.lr, args.warmup, args.multistep, args.momentum, args.weight_decay, args.batch_size) \
+        == (65, 2.6e-3, 300, [43, 54], 0.9, 5e-4, 32)
+    assert args.nms_threshold == 0.5 and args.zoom_out == 1.0 and args.crop == "nvidia"
+
+
+def test_learning_rate_scales_with_the_global_batch():
+    assert scaled_lr(2.6e-3, 32, 1) == pytest.approx(2.6e-3)
+    assert scaled_lr(2.6e-3, 32, 8) == pytest.approx(2.08e-2)  # 8 GPUs x 32: 8x
+    assert scaled_lr(2.6e-3, 8, 1) == pytest.approx(6.5e-4)
+
+
+def test_schedule_values_at_chosen_iterations():
+    """100 iterations an epoch, 300 of linear warm-up, x0.1 after 43 and after 54 whole epochs."""
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    schedule = warmup_multistep(optimizer, iters_per_epoch=100, warmup_iters=300, milestones=[54, 43])
+    factor = schedule.lr_lambdas[0]
+    expected = {0: 1 / 300, 149: 150 / 300, 298: 299 / 300, 299: 1.0, 4299: 1.0, 4300: 0.1, 5399: 0.1,
+                5400: 0.01, 6499: 0.01}
+    for iteration, value in expected.items():
+        assert factor(iteration) == pytest.approx(value), iteration
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1 / 300)  # the first step runs at the first factor
+    no_warmup = warmup_multistep(optimizer, 100, 0, [1]).lr_lambdas[0]
+    assert (no_warmup(0), no_warmup(99), no_warmup(100)) == (1.0, 1.0, pytest.approx(0.1))
+
+
+def test_matching_threshold_is_the_papers_half():
+    """A default box is positive above IoU 0.5 with a ground truth, whatever the coder is built from."""
+    dboxes = torch.tensor([[0.5, 0.5, 0.4, 0.4],  # the ground truth itself: its forced best match
+                           [0.54, 0.5, 0.4, 0.4],  # IoU 0.818
+                           [0.6, 0.5, 0.4, 0.4],  # IoU 0.6
+                           [0.633, 0.5, 0.4, 0.4],  # IoU 0.503
+                           [0.637, 0.5, 0.4, 0.4],  # IoU 0.4935
+                           [0.9, 0.9, 0.1, 0.1]])  # no overlap
+    coder = BoxCoder(dboxes)
+    assert coder.iou_threshold == 0.5 and BoxCoder.for_spec(SSDLITE).iou_threshold == 0.5
+    _, labels = coder.match_one(torch.tensor([[0.3, 0.3, 0.7, 0.7]]), torch.tensor([2]))
+    assert labels.tolist() == [2, 2, 2, 2, 0, 0]
+
+
+def test_the_later_ground_truth_wins_a_shared_best_default_box():
+    coder = BoxCoder(torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.9, 0.9, 0.05, 0.05]]))
+    boxes = torch.tensor([[0.38, 0.38, 0.6, 0.6], [0.42, 0.42, 0.62, 0.62]])  # both best at default box 0
+    matched, labels = coder.match_one(boxes, torch.tensor([1, 3]))
+    assert labels.tolist() == [3, 0]
+    torch.testing.assert_close(matched[0], torch.tensor([0.52, 0.52, 0.2, 0.2]))  # the second box, cxcywh
+
+
+def test_loss_of_a_batch_with_an_empty_image_worked_by_hand():
+    """Two images, 4 default boxes, 2 classes. Image 0: one positive (box 0), loc error 0.5 on one
+    coordinate, the 3 negatives all kept (3 per positive). Image 1: no object, so no loss at all
+    (the paper's), or its ``empty_negatives`` hardest negatives normalised as 1 positive."""
+    dboxes = torch.tensor([[0.2, 0.2, 0.2, 0.2], [0.7, 0.2, 0.2, 0.2], [0.2, 0.7, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])
+    coder = BoxCoder(dboxes)
+    gt = dboxes[None].repeat(2, 1, 1)
+    labels = torch.tensor([[1, 0, 0, 0], [0, 0, 0, 0]])
+    ploc = torch.zeros(2, 4, 4)
+    ploc[0, 0, 0] = 0.5
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 2.0, 1.0, -1.0]])  # (classes, boxes)
+    plabel = torch.stack([logits, logits])
+    ce = [math.log(2), math.log(1 + math.e ** 2), math.log(1 + math.e), math.log(1 + math.e ** -1)]
+    out = MultiBoxLoss(coder)(ploc, plabel, gt, labels)
+    torch.testing.assert_close(out["loc"], torch.tensor(0.125 / 2))  # the mean over both images
+    torch.testing.assert_close(out["cls"], torch.tensor(sum(ce) / 2))
+    torch.testing.assert_close(out["total"], out["loc"] + out["cls"])
+    with_empty = MultiBoxLoss(coder, empty_negatives=3)(ploc, plabel, gt, labels)
+    hardest = sorted(ce, reverse=True)[:3]  # boxes 1, 2, 0 of the empty image, normalised by 3 / 3 = 1
+    torch.testing.assert_close(with_empty["cls"], torch.tensor((sum(ce) + sum(hardest)) / 2))
+    assert MultiBoxLoss(coder).neg_pos_ratio == 3 and MultiBoxLoss(coder).empty_negatives == 0
+
+
+def test_decoding_defaults():
+    """COCO evaluation's: scores above 0.05, NMS at IoU 0.5, 200 candidates per class, 200 detections
+    an image; the pictures of the inference scripts keep scores of 0.3 and more."""
+    post = Postprocessor(BoxCoder.for_spec(SSDLITE))
+    assert (post.score_threshold, post.nms_threshold, post.max_per_class, post.max_output) == (0.05, 0.5, 200, 200)
+    assert script("test_dataset").get_args_parser().parse_args([]).cls_threshold == 0.05
+    for name in ("test_image", "test_video"):
+        args = script(name).get_args_parser().parse_args(["--input", "x"])
+        assert (args.cls_threshold, args.nms_threshold) == (0.3, 0.5)
+
+
+class FixedDecoding:
+    """Decodes any output to one detection at normalised ltrb (0.1, 0.2, 0.5, 0.6), label 2."""
+
+    def __call__(self, ploc, plabel, out_device=None):
+        return [(torch.tensor([[0.1, 0.2, 0.5, 0.6]]), torch.tensor([2]), torch.tensor([0.9]))] * len(ploc)
+
+
+def test_the_detector_gives_boxes_in_the_pixels_of_each_image():
+    detector = Detector(build_model("ssdlite", 3), [7, 9], ["cat", "dog"])
+    detector.postprocess = FixedDecoding()
+    wide, tall = torch.zeros(3, 50, 80, dtype=torch.uint8), torch.zeros(3, 500, 200, dtype=torch.uint8)
+    a, b = detector([wide, tall])
+    torch.testing.assert_close(a.boxes, torch.tensor([[8.0, 10.0, 40.0, 30.0]]))  # x by 80, y by 50
+    torch.testing.assert_close(b.boxes, torch.tensor([[20.0, 100.0, 100.0, 300.0]]))  # x by 200, y by 500
+    assert a.names == ["dog"] and a.labels.tolist() == [2]
+
+
+def test_annotations_are_rescaled_per_axis_to_the_decoded_image(tmp_path):
+    """An image annotated at 200 x 100 (w x h) and decoded at 100 x 100: x halves, y stays."""
+    coco = {"images": [{"id": 1, "file_name": "a.jpg", "height": 100, "width": 200}],
+            "categories": [{"id": 5, "name": "thing"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [40, 10, 100, 30], "iscrowd": 0,
+                             "area": 3000}]}
+    (tmp_path / "a.jpg").write_bytes(b"")  # present; annotations() reads no pixels
+    dataset = CocoDetection(str(tmp_path), coco)
+    boxes, labels, crowd = dataset.annotations(1, height=100, width=100)
+    torch.testing.assert_close(boxes, torch.tensor([[20.0, 10.0, 70.0, 40.0]]))
+    assert labels.tolist() == [1] and len(crowd) == 0
+    same, _, _ = dataset.annotations(1, height=100, width=200)  # the annotated frame: untouched
+    torch.testing.assert_close(same, torch.tensor([[40.0, 10.0, 140.0, 40.0]]))
