@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo clean
+.PHONY: install test test-fast lint demo mutation clean
 
 install: $(STAMP)
 
@@ -27,5 +27,12 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) demo.py
 
+# mutation testing of the method's core (not in CI; about ten minutes on 2 cores): the score per file
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet mutmut==3.8.1
+	rm -rf mutants
+	$(PY) tools/mutation.py run
+	$(PY) tools/mutation.py score
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis mutants

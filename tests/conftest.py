@@ -6,12 +6,21 @@ import sys
 
 import pytest
 import torch
+from hypothesis import settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 sys.path.insert(0, ROOT)
 
-torch.set_num_threads(2)
+# two threads as on CI's 2 cores; one where the tests run in forks of a process that used torch
+# already (mutation testing), since OpenMP's thread pool does not survive a fork
+torch.set_num_threads(int(os.environ.get("SSD_TEST_THREADS", "2")))
+
+# CI draws the same Hypothesis examples every run (a failure there is reproducible, never a new
+# draw); locally each run explores new ones. No deadline: a busy machine is no failure.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")

@@ -105,3 +105,45 @@ def test_matching_in_chunks_equals_matching_at_once():
     one_image_at_a_time = c.match(*padded, chunk_elements=1)
     assert torch.equal(whole[1], one_image_at_a_time[1])
     assert torch.equal(whole[0], one_image_at_a_time[0])
+
+
+def test_the_threshold_is_strict_and_the_first_ground_truth_keeps_its_forced_match():
+    """The paper: positive when IoU > 0.5 (exactly 0.5 is not); every ground truth, the first
+    included, keeps its best default box however low its IoU."""
+    dboxes = torch.tensor([[0.25, 0.125, 0.5, 0.25],  # ltrb (0, 0, 0.5, 0.25): the first box itself
+                           [0.125, 0.125, 0.25, 0.25],  # ltrb (0, 0, 0.25, 0.25): IoU 0.5 exactly
+                           [0.8, 0.8, 0.4, 0.4]])  # ltrb (0.6, 0.6, 1, 1): IoU 0.09 with the second box
+    coder = BoxCoder(dboxes)
+    gt = torch.tensor([[0.0, 0.0, 0.5, 0.25], [0.7, 0.7, 0.8, 0.8]])
+    boxes, labels = coder.match_one(gt, torch.tensor([3, 4]))
+    assert labels.tolist() == [3, 0, 4]
+    torch.testing.assert_close(boxes[2], torch.tensor([0.75, 0.75, 0.1, 0.1]))  # matched to the second box
+    only_small = coder.match_one(gt[1:], torch.tensor([4]))[1]
+    assert only_small.tolist() == [0, 0, 4]  # the first (and only) ground truth keeps its forced match
+
+
+def test_pad_targets_types_and_device():
+    boxes, labels, crowd = pad_targets([{"boxes": torch.tensor([[0.1, 0.1, 0.2, 0.2]]), "labels": torch.tensor([2])}],
+                                       device="cpu")
+    assert (boxes.dtype, labels.dtype, crowd.dtype) == (torch.float32, torch.int64, torch.float32)
+    assert labels.tolist() == [[2]] and crowd.shape == (1, 0, 4)
+
+
+def test_chunks_cover_every_image_when_there_are_more_images_than_a_chunk_holds():
+    c = coder()
+    g = torch.Generator().manual_seed(5)
+    targets = [{"boxes": random_boxes(3, g), "labels": torch.randint(1, 5, (3,), generator=g)} for _ in range(7)]
+    whole = c.match(*pad_targets(targets)[:2])
+    for chunk_elements in (3 * c.num_boxes, 2 * 3 * c.num_boxes):  # one image, then two, a chunk
+        chunked = c.match(*pad_targets(targets)[:2], chunk_elements=chunk_elements)
+        assert torch.equal(chunked[1], whole[1]) and torch.equal(chunked[0], whole[0])
+
+
+def test_a_forced_match_overrides_a_better_overlap_of_another_ground_truth():
+    """Default box A is the best box of ground truth 0 (IoU 0.06) though it overlaps ground truth 1
+    more (0.6): A goes to 0; ground truth 1 keeps its own best box, B."""
+    dboxes = torch.tensor([[0.2, 0.2, 0.4, 0.4], [0.3, 0.2, 0.4, 0.4]])  # A: ltrb (0, 0, .4, .4), B: (.1, 0, .5, .4)
+    gt = torch.tensor([[0.0, 0.0, 0.1, 0.1], [0.1, 0.0, 0.5, 0.4]])
+    boxes, labels = BoxCoder(dboxes).match_one(gt, torch.tensor([5, 6]))
+    assert labels.tolist() == [5, 6]
+    torch.testing.assert_close(boxes[0], torch.tensor([0.05, 0.05, 0.1, 0.1]))  # ground truth 0, cxcywh

@@ -13,7 +13,7 @@ import sys
 import cv2
 import pytest
 import torch
-from test_train import ROOT, TORCHRUN, free_port, train_cmd
+from test_train import ROOT, TORCHRUN, train_cmd
 
 from src.checkpoints.schema import load_model
 from src.data.dataset import coco_paths
@@ -62,7 +62,7 @@ def test_compiled_training_runs_an_epoch(toy_root, tmp_path):
 
 
 def test_one_process_torchrun_epoch_over_nccl(toy_root, tmp_path):
-    cmd = [*TORCHRUN, "--nproc_per_node=1", f"--master_port={free_port()}", *gpu_train_cmd(toy_root, tmp_path)[1:],
+    cmd = [*TORCHRUN, "--nproc_per_node=1", "--standalone", *gpu_train_cmd(toy_root, tmp_path)[1:],
            "--eval-every", "1"]  # one process, yet a process group: the collectives run over NCCL
     result = run(cmd)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,7 +8,6 @@ import sys
 import cv2
 import pytest
 import torch
-from test_train import free_port
 
 from src.checkpoints.schema import load_model
 from src.data.categories import COCO_CATEGORIES
@@ -258,7 +257,7 @@ def test_the_report_folder_has_every_part_and_needs_no_network(ours, toy_root, t
     if processes == 1:
         result = run(*args)
     else:  # sharded: the report is the main process's, from every shard's detections
-        torchrun = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+        torchrun = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
         result = subprocess.run([*torchrun, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     for name in ["per_class.csv", "per_class.json", "pr_curves.png", "pr_curves.json", "confusion.png",

@@ -154,3 +154,106 @@ def test_annotations_are_rescaled_per_axis_to_the_decoded_image(tmp_path):
     assert labels.tolist() == [1] and len(crowd) == 0
     same, _, _ = dataset.annotations(1, height=100, width=200)  # the annotated frame: untouched
     torch.testing.assert_close(same, torch.tensor([[40.0, 10.0, 140.0, 40.0]]))
+
+
+def test_detections_convert_from_coco_results_and_to_json():
+    from src.inference.detector import Detections
+    results = [{"image_id": 1, "category_id": 9, "bbox": [10.0, 20.0, 30.0, 40.0], "score": 0.912345},
+               {"image_id": 1, "category_id": 7, "bbox": [0.04, 1.26, 2.0, 3.0], "score": 0.5}]
+    dets = Detections.from_coco_results(results, category_ids=[7, 9], category_names=["cat", "dog"])
+    torch.testing.assert_close(dets.boxes, torch.tensor([[10.0, 20.0, 40.0, 60.0], [0.04, 1.26, 2.04, 4.26]]))
+    assert dets.labels.tolist() == [2, 1] and dets.names == ["dog", "cat"]
+    torch.testing.assert_close(dets.scores, torch.tensor([0.912345, 0.5]))
+    assert dets.to_list() == [
+        {"label": 2, "name": "dog", "score": 0.9123, "box": [10.0, 20.0, 40.0, 60.0]},
+        {"label": 1, "name": "cat", "score": 0.5, "box": [0.0, 1.3, 2.0, 4.3]},
+    ]
+    empty = Detections.from_coco_results([], [7, 9], ["cat", "dog"])
+    assert empty.boxes.shape == (0, 4) and empty.to_list() == []
+
+
+def test_a_video_frame_becomes_an_rgb_tensor():
+    import numpy as np
+
+    from src.inference.detector import bgr_to_tensor
+    frame = np.zeros((2, 3, 3), np.uint8)
+    frame[..., 0] = 10  # OpenCV's blue
+    frame[..., 2] = 30  # red
+    tensor = bgr_to_tensor(frame)
+    assert tensor.shape == (3, 2, 3) and tensor.dtype == torch.uint8
+    assert tensor[0].unique().tolist() == [30] and tensor[2].unique().tolist() == [10]
+
+
+def test_weight_decay_goes_on_every_weight_matrix_and_not_on_vectors():
+    from src.training.optim import param_groups
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Conv2d(1, 2, 3))
+    decay, no_decay = param_groups(model, 5e-4)
+    assert [tuple(p.shape) for p in decay["params"]] == [(4, 3), (2, 1, 3, 3)]
+    assert [tuple(p.shape) for p in no_decay["params"]] == [(4,), (4,), (4,), (2,)]
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (5e-4, 0.0)
+
+
+def test_the_detectors_defaults_and_its_checkpoint_categories(tmp_path):
+    model = build_model("ssdlite", 5)  # a head of 4 categories, of which the checkpoint names 2
+    detector = Detector(model, [7, 9], ["cat", "dog"])
+    post = detector.postprocess
+    assert (post.score_threshold, post.nms_threshold, post.max_output, post.num_labels) == (0.3, 0.5, 200, 2)
+    tuned = Detector(model, [7, 9], ["cat", "dog"], nms_threshold=0.45, max_output=50).postprocess
+    assert (tuned.nms_threshold, tuned.max_output) == (0.45, 50)
+    assert detector.amp is False and detector.category_ids == [7, 9] and detector.device == torch.device("cpu")
+    path = tmp_path / "lite.pth"  # ours: categories in the file
+    torch.save({"model": model.state_dict(), "category_ids": [7, 9, 11, 12],
+                "category_names": ["cat", "dog", "cow", "owl"]}, path)
+    ours = Detector.from_checkpoint(str(path), cls_threshold=0.4)
+    assert (ours.category_ids, ours.category_names, ours.postprocess.score_threshold) == (
+        [7, 9, 11, 12], ["cat", "dog", "cow", "owl"], 0.4)
+    assert ours.device == torch.device("cpu") and next(ours.model.parameters()).device.type == "cpu"
+    foreign = tmp_path / "nvidia_form.pth"  # no categories: the caller's
+    torch.save({"model": {"module." + k: v for k, v in model.state_dict().items()}}, foreign)
+    named = Detector.from_checkpoint(str(foreign), categories=([3, 4], ["a", "b"]))
+    assert (named.category_ids, named.category_names, named.postprocess.num_labels) == ([3, 4], ["a", "b"], 2)
+
+
+def test_an_empty_image_with_one_hard_negative_weighs_as_a_third_of_a_positive():
+    """``empty_negatives=1``: the hardest negative of an object-free image, normalised by 1 / 3."""
+    dboxes = torch.tensor([[0.2, 0.2, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]])
+    coder = BoxCoder(dboxes)
+    plabel = torch.tensor([[[0.0, 0.0], [1.0, -1.0]]])  # background 0, class 1: 1 and -1
+    out = MultiBoxLoss(coder, empty_negatives=1)(torch.zeros(1, 4, 2), plabel, dboxes[None], torch.zeros(1, 2,
+                                                                                                      dtype=torch.long))
+    hardest = math.log(1 + math.e)  # box 0's cross-entropy against background
+    torch.testing.assert_close(out["cls"], torch.tensor(3 * hardest))
+
+
+def test_what_a_checkpoints_labels_mean():
+    from src.data.categories import label_categories
+    coco_ids, coco_names = [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
+    assert label_categories(([4, 9], ["a", "b"]), 3) == ([4, 9], ["a", "b"])  # ours: as stored
+    assert label_categories(([4, 9], ["a", "b"]), 81, fallback=([1], ["person"])) == ([4, 9], ["a", "b"])
+    assert label_categories(None, 81) == (coco_ids, coco_names)  # a foreign 81-way head: COCO's
+    assert label_categories(None, 81, fallback=([1, 3], ["person", "car"])) == (coco_ids, coco_names)  # COCO's part
+    assert label_categories(None, 81, fallback=([1, 3], ["cat", "car"])) == ([1, 3], ["cat", "car"])  # other names
+    assert label_categories(None, 4, fallback=([5, 6], ["x", "y"])) == ([5, 6], ["x", "y"])
+    assert label_categories(None, 4) == ([1, 2, 3], ["class_1", "class_2", "class_3"])
+
+
+def test_pixel_targets_from_coco_annotations():
+    from src.data.targets import normalised, pixel_targets
+    anns = [{"bbox": [10, 20, 30, 40], "category_id": 7, "iscrowd": 0},
+            {"bbox": [90, 90, 50, 50], "category_id": 9, "iscrowd": 0},  # clipped at the image's edge
+            {"bbox": [5, 5, 0.5, 10], "category_id": 7, "iscrowd": 0},  # under a pixel wide: dropped
+            {"bbox": [0, 0, 20, 20], "category_id": 9, "iscrowd": 1}]  # a crowd: an ignore region
+    anns += [{"bbox": [-5, -6, 10, 12], "category_id": 7, "iscrowd": 0},  # clipped at the top left
+             {"bbox": [50, 50, 1, 1], "category_id": 9, "iscrowd": 0}]  # exactly a pixel: kept
+    boxes, labels, crowd = pixel_targets(anns, {7: 1, 9: 2}, None, height=100, width=120)
+    torch.testing.assert_close(boxes, torch.tensor([[10.0, 20.0, 40.0, 60.0], [90.0, 90.0, 120.0, 100.0],
+                                                    [0.0, 0.0, 5.0, 6.0], [50.0, 50.0, 51.0, 51.0]]))
+    assert labels.tolist() == [1, 2, 1, 2] and labels.dtype == torch.int64
+    torch.testing.assert_close(crowd, torch.tensor([[0.0, 0.0, 20.0, 20.0]]))
+    out = normalised({"boxes": boxes, "labels": labels, "crowd": crowd}, height=100, width=120)
+    torch.testing.assert_close(out["boxes"], boxes / torch.tensor([120.0, 100.0, 120.0, 100.0]))
+    torch.testing.assert_close(out["crowd"], torch.tensor([[0.0, 0.0, 20 / 120, 0.2]]))
+    no_crowd = normalised({"boxes": boxes, "labels": labels}, height=100, width=120)
+    assert no_crowd["crowd"].shape == (0, 4) and no_crowd["labels"] is labels
+    empty = pixel_targets([], {}, (10, 10), 10, 10)
+    assert [tuple(x.shape) for x in empty] == [(0, 4), (0,), (0, 4)]

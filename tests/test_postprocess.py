@@ -73,3 +73,25 @@ def test_every_nms_method_gives_the_same_detections():
         for ours, theirs in zip(result, results["greedy"]):
             for a, b in zip(ours, theirs):
                 assert torch.equal(a, b), name
+
+
+def test_nms_keeps_a_box_overlapping_exactly_at_the_threshold_and_drops_the_last_duplicate():
+    """torchvision's rule: drop when IoU > threshold. Boxes by descending score: 0 and 1 overlap at
+    IoU 0.5 exactly (both kept), 3 duplicates 2 (dropped: the last rank is judged too)."""
+    boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.25], [0.0, 0.0, 0.25, 0.25], [0.6, 0.6, 1.0, 1.0],
+                           [0.6, 0.6, 1.0, 0.99]]])
+    keep = greedy_nms(boxes, torch.ones(1, 4, dtype=torch.bool), 0.5)
+    assert keep.tolist() == [[True, True, True, False]]
+    assert sorted(nms(boxes[0], torch.tensor([0.9, 0.8, 0.7, 0.6]), 0.5).tolist()) == [0, 1, 2]
+
+
+def test_a_score_at_the_threshold_is_not_a_detection_and_labels_beyond_the_categories_never_appear():
+    coder = BoxCoder(torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.2, 0.2]]))
+    plabel = torch.zeros(1, 4, 2)  # 4 classes equally likely on box 0: each 0.25
+    plabel[0, 3, 1] = 10.0  # box 1: class 3, surely
+    ploc = torch.zeros(1, 4, 2)
+    at = Postprocessor(coder, score_threshold=0.25)(ploc, plabel)[0]
+    assert at[1].tolist() == [3]  # box 0's scores of exactly 0.25 are not above the threshold
+    narrow = Postprocessor(coder, score_threshold=0.2, num_labels=2)(ploc, plabel)[0]
+    assert narrow[1].tolist() == [1, 2]  # class 3 is beyond the two categories: never decoded
+    assert Postprocessor.for_spec(SSDLITE).coder.num_boxes == 3000  # on the CPU by default

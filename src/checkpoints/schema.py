@@ -8,7 +8,7 @@ refused before any of it runs):
 - the original repository's: ``{"epoch", "model_state_dict", "optimizer", "scheduler"}``;
 - NVIDIA's SSD300 v1.1: ``{"model": state_dict, ...}``, keys possibly prefixed ``module.``.
 
-The foreign forms carry no category list (see :func:`categories_of`) and the architecture is
+The foreign forms carry no category list (see :func:`~src.data.categories.label_categories`) and the architecture is
 read from the state dict's keys; :func:`load_model` turns any of the three into a model, and
 :func:`resolve` turns a published name ("nvidia", "original") into a checked file.
 """
@@ -22,7 +22,7 @@ from dataclasses import MISSING, dataclass, field, fields
 import torch
 
 from src.checkpoints.published import PUBLISHED, fetch
-from src.data.categories import COCO_CATEGORIES
+from src.data.categories import label_categories
 from src.models.specs import get_spec
 from src.models.ssd import build_model
 from src.utils.errors import CheckpointError
@@ -193,34 +193,14 @@ def architecture_of(state: dict, path: str, model_name: str | None = None) -> st
     return found
 
 
-def categories_of(ckpt: dict, num_classes: int, fallback=None) -> tuple[list[int], list[str]]:
-    """Category ids and names of a checkpoint's labels 1..K (K <= num_classes - 1).
-
-    Ours carry them. For the original's and NVIDIA's, which do not: ``fallback``, the
-    ``(ids, names)`` of the dataset it is used on, when given, in id order (the original's own
-    rule: labels 1..K are a set's categories sorted by id, the rest of its 81-way head unused;
-    for COCO that is COCO's ids), except that an 81-way head on a set whose categories are all
-    COCO's (same ids and names: COCO or a part of it) reads as COCO; otherwise COCO's 80 when
-    the head has 81 outputs, else generic names.
-    """
-    coco = [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
-    if "category_names" in ckpt and "category_ids" in ckpt:
-        return list(ckpt["category_ids"]), list(ckpt["category_names"])
-    is_coco_head = num_classes == len(COCO_CATEGORIES) + 1
-    if fallback is not None and not (is_coco_head and set(zip(*fallback)) <= set(COCO_CATEGORIES)):
-        return list(fallback[0]), list(fallback[1])
-    if is_coco_head:
-        return coco
-    return list(range(1, num_classes)), [f"class_{i}" for i in range(1, num_classes)]
-
-
 def load_model(path: str, model_name: str | None = None, map_location="cpu", categories=None):
     """The one way to turn a checkpoint of any of the three forms into a model.
 
     :param path: a checkpoint file, or the name of published weights ("nvidia", "original"),
         fetched into the torch hub cache the first time
     :param model_name: when given, the checkpoint must hold this architecture
-    :param categories: ``(ids, names)`` for a checkpoint that carries none (see :func:`categories_of`)
+    :param categories: ``(ids, names)`` for a checkpoint that carries none
+        (:func:`~src.data.categories.label_categories`)
     The architecture comes from the keys and the class count from the class head.
     :return: ``(model in eval mode, category_ids, category_names)``; there may be fewer
         categories than the head has labels (decode with ``num_labels=len(category_ids)``)
@@ -232,7 +212,9 @@ def load_model(path: str, model_name: str | None = None, map_location="cpu", cat
     num_classes = infer_num_classes(state, name)
     model = build_model(name, num_classes)
     load_model_weights(model, state, path)
-    ids, names = categories_of(ckpt, num_classes, categories)
+    stored = (ckpt["category_ids"], ckpt["category_names"]) if "category_names" in ckpt and "category_ids" in ckpt \
+        else None
+    ids, names = label_categories(stored, num_classes, categories)
     if len(names) > num_classes - 1 or ("category_names" in ckpt and len(names) != num_classes - 1):
         raise CheckpointError(f"{path} has a {num_classes - 1}-class head, and {len(names)} categories to "
                               "put on it")

@@ -1,4 +1,5 @@
-"""The 80 COCO 2017 detection categories: ids (with gaps, 1..90) and names, in id order.
+"""Category mapping: the 80 COCO 2017 detection categories (ids with gaps, 1..90, and names, in id
+order), and what a checkpoint's labels 1..K mean.
 
 Checkpoints of the original repository and NVIDIA's carry no category list; their 81-way
 heads (background + 80) use this order.
@@ -20,3 +21,24 @@ COCO_CATEGORIES = [
     (82, "refrigerator"), (84, "book"), (85, "clock"), (86, "vase"), (87, "scissors"), (88, "teddy bear"),
     (89, "hair drier"), (90, "toothbrush"),
 ]
+
+
+def label_categories(stored, num_classes: int, fallback=None) -> tuple[list[int], list[str]]:
+    """Category ids and names of a checkpoint's labels 1..K (K <= num_classes - 1).
+
+    ``stored``: the ``(ids, names)`` a checkpoint of ours carries (used as they are), or None. For the original's and NVIDIA's, which do not: ``fallback``, the
+    ``(ids, names)`` of the dataset it is used on, when given, in id order (the original's own
+    rule: labels 1..K are a set's categories sorted by id, the rest of its 81-way head unused;
+    for COCO that is COCO's ids), except that an 81-way head on a set whose categories are all
+    COCO's (same ids and names: COCO or a part of it) reads as COCO; otherwise COCO's 80 when
+    the head has 81 outputs, else generic names.
+    """
+    coco = [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
+    if stored is not None:
+        return list(stored[0]), list(stored[1])
+    is_coco_head = num_classes == len(COCO_CATEGORIES) + 1
+    if fallback is not None and not (is_coco_head and set(zip(*fallback)) <= set(COCO_CATEGORIES)):
+        return list(fallback[0]), list(fallback[1])
+    if is_coco_head:
+        return coco
+    return list(range(1, num_classes)), [f"class_{i}" for i in range(1, num_classes)]

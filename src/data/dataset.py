@@ -12,7 +12,8 @@ import torch
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
-from src.data.coco_check import MIN_BOX_SIDE, CocoReport, check_coco
+from src.data.coco_check import CocoReport, check_coco
+from src.data.targets import normalised, pixel_targets
 from src.utils.errors import DatasetError, ImageReadError
 
 
@@ -207,25 +208,13 @@ class CocoDetection(torch.utils.data.Dataset):
         return image, True
 
     def annotations(self, image_id: int, height: int, width: int):
-        """Boxes of one image in pixels of its decoded (``height``, ``width``) frame.
+        """Boxes of one image in pixels of its decoded (``height``, ``width``) frame: see
+        :func:`~src.data.targets.pixel_targets`.
 
-        Coordinates are scaled from the annotated frame when the two differ, clipped to the
-        image, and boxes thinner than 1 pixel are dropped.
-        :return: ``(boxes (n, 4) ltrb, labels (n,), crowd (k, 4) ltrb)``: crowd regions are not
-            targets but ignore regions (see :meth:`BoxCoder.match`)
+        :return: ``(boxes (n, 4) ltrb, labels (n,), crowd (k, 4) ltrb)``
         """
-        anns = self.coco.imgToAnns.get(image_id, [])
-        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]  # COCO xywh -> ltrb
-        frame = self.annotated_size(image_id)
-        if frame is not None and frame != (height, width):
-            boxes *= torch.tensor([width / frame[1], height / frame[0]] * 2)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        crowd = torch.tensor([bool(a["iscrowd"]) for a in anns], dtype=torch.bool)
-        labels = torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)
-        big = ((boxes[:, 2:] - boxes[:, :2]) >= MIN_BOX_SIDE).all(1)
-        return boxes[~crowd & big], labels[~crowd & big], boxes[crowd & big]
+        return pixel_targets(self.coco.imgToAnns.get(image_id, []), self.label_of, self.annotated_size(image_id),
+                             height, width)
 
     def __getitem__(self, index):
         """:param index: a position, or ``(position, seed)`` as :class:`~src.training.resume.ResumableSampler` gives:
@@ -242,11 +231,7 @@ class CocoDetection(torch.utils.data.Dataset):
                   "labels": labels,
                   "crowd": tv_tensors.BoundingBoxes(crowd, format="XYXY", canvas_size=(height, width))}
         image, target = self._transform(image, target, seed)
-        out_h, out_w = image.shape[-2:]
-        scale = torch.tensor([out_w, out_h, out_w, out_h], dtype=torch.float32)
-        crowd = target.get("crowd", torch.zeros(0, 4))  # a transform may leave the regions out
-        out = {"boxes": target["boxes"].as_subclass(torch.Tensor) / scale, "labels": target["labels"],
-               "crowd": crowd.as_subclass(torch.Tensor) / scale, "image_id": image_id,
+        out = {**normalised(target, *image.shape[-2:]), "image_id": image_id,
                "orig_size": self.annotated_size(image_id) or (height, width)}
         if resized:
             out["resized"] = True
