@@ -27,7 +27,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) demo.py
 
-# mutation testing of the method's core (not in CI; about ten minutes on 2 cores): the score per file
+# mutation testing of the method's core (not in CI; about 6 minutes on 2 cores): the score per file
 mutation: $(STAMP)
 	$(PY) -m pip install --quiet mutmut==3.8.1
 	rm -rf mutants

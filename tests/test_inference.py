@@ -11,7 +11,7 @@ import torch
 
 from src.checkpoints.schema import load_model
 from src.data.categories import COCO_CATEGORIES
-from src.data.dataset import CocoDetection, coco_paths, eval_loader
+from src.data.dataset import CocoDetection, coco_paths, eval_loader, read_rgb
 from src.data.transforms import val_transforms
 from src.evaluation.coco_eval import STAT_NAMES
 from src.evaluation.evaluate import evaluate
@@ -76,6 +76,12 @@ def test_image_from_our_checkpoint_default_output_and_json(ours, toy_root, tmp_p
     assert report[0]["input"] == photo and len(report[0]["detections"]) > 0
     d = report[0]["detections"][0]
     assert set(d) == {"label", "name", "score", "box"} and d["name"] in {"circle", "square", "triangle", "cross"}
+    # the script's detections are the detector's on the same pixels, box for box (in pixels of the photo)
+    expected = Detector.from_checkpoint(ours, cls_threshold=0.01)([read_rgb(photo)])[0].to_list()
+    assert [x["label"] for x in report[0]["detections"]] == [x["label"] for x in expected]
+    for got, want in zip(report[0]["detections"], expected):
+        assert got["box"] == pytest.approx(want["box"], abs=0.2) and got["score"] == pytest.approx(want["score"],
+                                                                                                  abs=2e-4)
 
 
 @pytest.mark.slow
@@ -121,6 +127,19 @@ def test_dataset_script_json_and_pictures(ours, toy_root, tmp_path):
     for r in results:
         assert set(r) == {"image_id", "category_id", "bbox", "score"}
         assert r["category_id"] in {2, 5, 9, 14} and len(r["bbox"]) == 4 and 0 <= r["score"] <= 1
+    # the AP printed and the detections written are those of the same checkpoint evaluated in process
+    model, ids, _ = load_model(ours)
+    ann, images = coco_paths(toy_root, "val")
+    dataset = CocoDetection(images, ann, val_transforms())
+    post = Postprocessor.for_spec(model.spec, score_threshold=0.01, num_labels=len(ids))
+    model.to(memory_format=torch.channels_last)  # as the script runs it
+    evaluation, expected = evaluate(model, eval_loader(dataset, 2, 0), post, torch.device("cpu"), category_ids=ids,
+                                    channels_last=True)
+    assert f"{evaluation.stats['AP']:.3f}" in summary[0]
+    assert len(results) == len(expected)
+    for got, want in zip(sorted(results, key=lambda r: (r["image_id"], -r["score"])),
+                         sorted(expected, key=lambda r: (r["image_id"], -r["score"]))):
+        assert got["category_id"] == want["category_id"] and got["bbox"] == pytest.approx(want["bbox"], abs=0.05)
     assert len([n for n in os.listdir(tmp_path / "pics") if n.endswith(".jpg")]) == 6
 
 
