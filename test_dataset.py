@@ -33,7 +33,7 @@ from src.inference.detector import Detections
 from src.inference.draw import draw_detections
 from src.models.postprocess import Postprocessor
 from src.utils.distributed import cleanup, init_distributed, is_main_process
-from src.utils.errors import ImageReadError, UserError
+from src.utils.errors import DatasetError, ImageReadError, UserError
 from src.utils.outputs import OutputGuard
 from src.utils.stopwatch import Stopwatch, process_age
 
@@ -92,6 +92,17 @@ def print_voc(dataset, results, image_ids, use_07):
     for cat, ap in voc["AP"].items():
         print(f"  {names[cat]:>16s} {'—' if ap is None else f'{ap:.4f}'}")
     return voc
+
+
+def has_ground_truth(dataset, args) -> bool:
+    """Whether there is anything to score. A set without a single ground-truth box would give
+    COCO's twelve -1 (or a VOC mAP of 0): refused, unless detections were asked for."""
+    if dataset.report.boxes:
+        return True
+    if args.report or not (args.json or args.output):
+        raise DatasetError(f"nothing to score: {dataset.annotation_file} has no ground-truth box (crowd and "
+                           "difficult regions are not scored); --json or --output write the detections alone")
+    return False
 
 
 def check_categories(model_ids, dataset, path):
@@ -158,6 +169,7 @@ def main(args):
         guard.folder(args.report, "--report")
     with watch("annotations"):
         dataset = dataset_from(split, val_transforms(), max_missing=args.max_bad_images)
+    scored = has_ground_truth(dataset, args)  # before any output is prepared there
     if args.output:
         pictures = picture_paths(dataset, args.output)
         guard.add_inputs(dataset.image_path(i) for i in dataset.ids)
@@ -182,8 +194,10 @@ def main(args):
     loader = eval_loader(dataset, args.batch_size or eval_batch_size(device), args.num_workers, rank, world_size,
                          pin_memory=device.type == "cuda")
     evaluation, results = evaluate(model, loader, postprocess, device, category_ids=ids, amp=args.amp,
-                                   channels_last=True, watch=watch)
-    if args.metric != "coco" and is_main_process():
+                                   channels_last=True, watch=watch, score=scored)
+    if not scored and is_main_process():
+        print(f"nothing to score: {dataset.annotation_file} has no ground-truth box; detections only")
+    if args.metric != "coco" and scored and is_main_process():
         print_voc(dataset, results, dataset.ids, use_07=args.metric == "voc07")
     if args.report and is_main_process():
         with watch("report"):
@@ -201,7 +215,7 @@ def main(args):
     if args.timings and is_main_process():
         print(f"time: {watch.summary()}")
     cleanup()
-    return evaluation.stats
+    return evaluation.stats if evaluation else None
 
 
 if __name__ == "__main__":

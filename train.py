@@ -63,7 +63,7 @@ from src.training.resume import (
     seed_everything,
 )
 from src.training.stop import GracefulStop
-from src.utils.distributed import broadcast_buffers, cleanup, init_distributed, is_main_process
+from src.utils.distributed import broadcast_buffers, cleanup, get_world_size, init_distributed, is_main_process
 from src.utils.errors import CheckpointError, DatasetError, ImageReadError, UserError
 from src.utils.outputs import FolderLock, OutputGuard, identity
 
@@ -146,7 +146,8 @@ def main(args):
     with prepare_outputs(args) if is_main_process() else contextlib.nullcontext():
         train_set, val_set = build_datasets(args, world_size)
         ckpt = TrainingCheckpoint.read(checkpoint_path(args), args.model, train_set.category_ids,
-                                       train_set.annotation_file) if os.path.exists(checkpoint_path(args)) else None
+                                       train_set.annotation_file, args.batch_size * world_size) \
+            if os.path.exists(checkpoint_path(args)) else None
         model = create_model(args, train_set.num_classes, device, from_checkpoint=ckpt is not None)
         sampler, loader = build_loader(args, train_set, rank, world_size, device)
         step = build_step(args, model, len(loader), world_size, device)
@@ -241,6 +242,9 @@ def build_datasets(args, world_size: int):
     if len(train) < args.batch_size * world_size:
         raise DatasetError(f"{len(train)} training images are fewer than one global batch "
                            f"({args.batch_size} x {world_size}): lower --batch-size")
+    if val.report.boxes == 0 and args.eval_every:
+        args.eval_every = 0  # COCO's twelve -1 every epoch would look like a score
+        val.warnings.append(f"{val.annotation_file} has no ground-truth box: nothing to score, so no evaluation")
     if is_main_process():
         for line in train.warnings + val.warnings:
             print(f"warning: {line}", file=sys.stderr)
@@ -340,7 +344,7 @@ def save_checkpoint(path, args, model, step: Step, data, log: TrainingLog, epoch
         scaler=step.scaler.state_dict() if step.scaler else None, epoch=epoch, iteration=step.lr_scheduler.last_epoch,
         model_name=args.model, num_classes=data.num_classes, category_ids=data.category_ids,
         category_names=data.category_names, best_map=log.best_map, history=log.history, progress=progress,
-        rng=rng or [rng_states()], args=vars(args)).save(path)
+        rng=rng or [rng_states()], args=vars(args), global_batch=args.batch_size * get_world_size()).save(path)
 
 
 def save_stop(args, model, step: Step, data, log: TrainingLog, epoch: int, totals: EpochTotals):
@@ -356,7 +360,10 @@ def start_logging(args, train_set, val_set, world_size, step: Step, point) -> Su
     """The run's first lines, and its TensorBoard writer (on the main process only)."""
     if not is_main_process():
         return None
-    if point.epoch or point.progress:
+    if point.epoch >= args.epochs:
+        print(f"{checkpoint_path(args)} is complete: {point.epoch} of {args.epochs} epochs done, nothing to train "
+              "(raise --epochs to train longer)")
+    elif point.epoch or point.progress:
         done = f", {point.progress.batches} iterations into epoch {point.epoch + 1}" if point.progress else ""
         print(f"Resuming from {checkpoint_path(args)}: {point.epoch} epochs done{done}")
     print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "

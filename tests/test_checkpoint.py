@@ -132,3 +132,13 @@ def test_non_finite_weights_are_not_saved_over_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="non-finite"):
         bad.save(str(path))
     assert path.read_bytes() == b"previous"
+
+
+def test_a_run_resumes_only_with_the_global_batch_it_was_trained_with(tmp_path):
+    path = str(tmp_path / "ssdlite.pth")
+    training_checkpoint(global_batch=32).save(path)
+    assert TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data", global_batch=32).global_batch == 32
+    with pytest.raises(CheckpointError, match="trained 32 images a step .* this run takes 16"):
+        TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data", global_batch=16)
+    training_checkpoint().save(path)  # a file written before the global batch was recorded: not checked
+    assert TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data", global_batch=16).global_batch is None

@@ -28,4 +28,4 @@ def test_short_demo_end_to_end_then_reuse(tmp_path):
 
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "reusing the toy dataset" in second.stdout and "Resuming" in second.stdout
+    assert "reusing the toy dataset" in second.stdout and "is complete: 1 of 1 epochs done" in second.stdout

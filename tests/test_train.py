@@ -115,6 +115,11 @@ def test_resume_is_exact(toy_root, tmp_path):
     assert run(train_cmd(toy_root, resumed, epochs=1)).returncode == 0
     second = run(train_cmd(toy_root, resumed, epochs=2))
     assert second.returncode == 0 and "Resuming" in second.stdout
+    other_batch = run(train_cmd(toy_root, resumed, "--batch-size", "2", epochs=3))  # would count steps wrongly
+    assert other_batch.returncode == 1 and "trained 4 images a step" in other_batch.stderr, other_batch.stderr
+    done = run(train_cmd(toy_root, resumed, epochs=2))  # the same command once more: nothing left to do
+    assert done.returncode == 0 and "is complete: 2 of 2 epochs done" in done.stdout, done.stdout
+    assert "Resuming" not in done.stdout
     a, b = ckpt(straight), ckpt(resumed)
     assert a["epoch"] == b["epoch"] == 2 and a["iteration"] == b["iteration"]
     for x, y in zip(a["history"], b["history"]):
@@ -157,7 +162,7 @@ def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_command_continue
     assert done in (2, 3)  # 3 only where the machine finished epoch 3 before the kill landed
     again = run(cmd)
     assert again.returncode == 0, again.stderr
-    assert "Resuming" in again.stdout and ckpt(tmp_path)["epoch"] == 3
+    assert ("Resuming" if done == 2 else "is complete") in again.stdout and ckpt(tmp_path)["epoch"] == 3
 
 
 def test_torch_distributed_launch_form(toy_root, tmp_path):

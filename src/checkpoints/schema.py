@@ -51,6 +51,8 @@ class TrainingCheckpoint:
         :class:`~src.training.loop.EpochTotals` as a dict (:mod:`src.training.resume`)
     :param rng: every rank's random states at a mid-epoch stop (rank 0's alone otherwise)
     :param args: train.py's flags, for the record
+    :param global_batch: images per optimizer step over all processes: the schedule counts its
+        iterations, so a run resumes only with the same (absent in files before 2026-12)
     """
     model: dict
     optimizer: dict
@@ -67,6 +69,7 @@ class TrainingCheckpoint:
     progress: list | None = None
     rng: list = field(default_factory=list)
     args: dict = field(default_factory=dict)
+    global_batch: int | None = None
 
     def save(self, path: str):
         """Written atomically; refused (the file at ``path`` kept) when a weight is not finite."""
@@ -76,8 +79,10 @@ class TrainingCheckpoint:
         save_atomic({f.name: getattr(self, f.name) for f in fields(self)}, path)
 
     @classmethod
-    def read(cls, path: str, model_name: str, category_ids: list, data_path: str) -> "TrainingCheckpoint":
-        """The training checkpoint at ``path``, checked: ours, of this model and of these categories."""
+    def read(cls, path: str, model_name: str, category_ids: list, data_path: str,
+             global_batch: int | None = None) -> "TrainingCheckpoint":
+        """The training checkpoint at ``path``, checked: ours, of this model, of these categories and,
+        when ``global_batch`` is given, of that global batch."""
         ckpt = read_checkpoint(path)
         if "model_name" not in ckpt or "optimizer" not in ckpt:
             raise CheckpointError(f"{path} is not a training checkpoint of this project: move it away "
@@ -88,6 +93,12 @@ class TrainingCheckpoint:
         if list(ckpt.get("category_ids", [])) != list(category_ids):
             raise CheckpointError(f"{path} was trained on {ckpt.get('num_classes', 1) - 1} other categories than "
                                   f"the {len(category_ids)} of {data_path}: choose another --save-folder")
+        saved_batch = ckpt.get("global_batch")
+        if global_batch is not None and saved_batch is not None and saved_batch != global_batch:
+            raise CheckpointError(f"{path} was trained {saved_batch} images a step (--batch-size x processes) and "
+                                  f"this run takes {global_batch}: the schedule counts steps, so part of the "
+                                  f"training would be skipped or repeated; resume with a global batch of "
+                                  f"{saved_batch}, or choose another --save-folder to start afresh")
         names = [f.name for f in fields(cls)]
         required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
         absent = [k for k in required if k not in ckpt]

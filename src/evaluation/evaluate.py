@@ -59,7 +59,7 @@ def predict(model, loader, postprocess, device, *, amp=False, channels_last=Fals
 
 
 def evaluate(model, loader, postprocess, device, *, category_ids=None, amp=False, channels_last=False,
-             watch=no_stopwatch):
+             watch=no_stopwatch, score=True):
     """COCO mAP of ``model`` on the dataset ``loader`` reads (every image, those without
     annotations included; image files that cannot be decoded are left out, with a warning).
 
@@ -67,8 +67,10 @@ def evaluate(model, loader, postprocess, device, *, category_ids=None, amp=False
     detections are gathered and the main process runs COCOeval and prints the 12-line summary.
     :param postprocess: a :class:`~src.models.postprocess.Postprocessor`, raw outputs -> detections
     :param category_ids: dataset category id of each label 1..K (default: the dataset's own)
+    :param score: False: detections only, no COCOeval (a set without ground truth has nothing to score)
     :return: ``(evaluation, results)``: the :class:`~src.evaluation.coco_eval.Evaluation` (on every
-        rank; ``.stats`` the 12 COCO numbers) and all detections in COCO results format (pixels, COCO xywh)
+        rank; ``.stats`` the 12 COCO numbers; None without ``score``) and all detections in COCO
+        results format (pixels, COCO xywh)
     """
     dataset = whole_dataset(loader)
     category_ids = dataset.category_ids if category_ids is None else category_ids
@@ -79,7 +81,7 @@ def evaluate(model, loader, postprocess, device, *, category_ids=None, amp=False
     evaluation = None
     if not evaluated:
         raise DatasetError(f"none of the {len(dataset)} images of {dataset.image_dir} could be read (named above)")
-    if is_main_process():
+    if is_main_process() and score:
         if len(evaluated) < len(dataset):
             print(f"warning: {len(dataset) - len(evaluated)} of {len(dataset)} images could not be read and are "
                   "left out of the evaluation (named above)", file=sys.stderr)
