@@ -108,7 +108,7 @@ def get_args_parser():
                    help="hardest negatives an image without objects contributes to the loss (0: none, as the paper)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                    help="Nesterov momentum (the original's); --no-nesterov for plain momentum")
-    variants = p.add_argument_group("recipe variants", "what the ablation study compares (docs/ablation.md); the "
+    variants = p.add_argument_group("recipe variants", "what the ablation study compares (docs/results.md); the "
                                                         "defaults are the recipe")
     variants.add_argument("--crop-ious", type=fraction, nargs="+", default=list(IOU_CROP_OPTIONS), metavar="IOU",
                           help="minimum IoUs the crop draws from, each equally likely: 1 keeps the whole image, 0 is "

@@ -52,3 +52,14 @@ def test_docs_pages_are_linked_from_the_readme():
     readme = open(os.path.join(ROOT, "README.md")).read()
     for page in PAGES[1:]:
         assert f"]({page}" in readme, f"{page} is not linked from the README"
+
+
+def test_pages_named_in_the_code_exist():
+    """A help text or docstring that sends the reader to a page of docs/ names one that is there."""
+    named = set()
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("mutants", "__pycache__")]
+        for f in files:
+            if f.endswith((".py", ".sh")) or f in ("Makefile", "Dockerfile"):
+                named |= set(re.findall(r"docs/[\w.-]+\.md", open(os.path.join(folder, f), errors="replace").read()))
+    assert named and all(os.path.exists(os.path.join(ROOT, page)) for page in named), sorted(named)

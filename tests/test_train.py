@@ -149,8 +149,8 @@ def test_checkpoint_holds_everything_to_rebuild_and_resume(toy_root, tmp_path):
 
 
 def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_command_continues(toy_root, tmp_path):
+    cmd = train_cmd(toy_root, tmp_path, epochs=3)  # 3 iterations an epoch
     assert run(train_cmd(toy_root, tmp_path, epochs=1)).returncode == 0
-    cmd = train_cmd(toy_root, tmp_path, "--batch-size", "2", epochs=3)
     log = tmp_path / "log.txt"
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)

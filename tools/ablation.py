@@ -11,7 +11,7 @@ seed, and prints one table of COCO AP on the toy val split (mean and the two see
 Every row is a set of train.py's flags (its "recipe variants" group holds those that exist
 for studies), so the study runs the code users run. Each run is a process of its own; results
 are appended to <out>/results.jsonl, and a run already there is not run again. The tables and
-what they decided: docs/ablation.md.
+what they decided: docs/results.md.
 """
 import argparse
 import json
