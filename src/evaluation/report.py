@@ -20,6 +20,7 @@ import numpy as np
 from src.evaluation.analysis import ERROR_TYPES, confusion_matrix, error_breakdown, per_class, pr_curves, worst_images
 from src.inference.detector import Detections
 from src.inference.draw import draw_detections, draw_ground_truth
+from src.utils.outputs import written_by_us
 
 FILES = ["per_class.csv", "per_class.json", "pr_curves.png", "pr_curves.json", "confusion.png", "confusion.json",
          "errors.png", "errors.json", "index.html"]
@@ -159,6 +160,7 @@ def _plot_errors(plt, report):
 
 def _write_gallery(folder, report, dataset, results, read_image) -> list[str]:
     os.makedirs(os.path.join(folder, "gallery"), exist_ok=True)
+    _remove_stale_pictures(os.path.join(folder, "gallery"), {f"{row['image_id']}.jpg" for row in report["worst"]})
     by_image = {}
     for r in results:
         if r["score"] >= report["min_score"]:
@@ -179,6 +181,15 @@ def _write_gallery(folder, report, dataset, results, read_image) -> list[str]:
         cv2.imwrite(path, drawn, [cv2.IMWRITE_JPEG_QUALITY, 85])
         written.append(path)
     return written
+
+
+def _remove_stale_pictures(gallery: str, kept: set):
+    """An earlier report's pictures that this one does not show are removed, when this project
+    wrote them and nobody changed them since (a file of anyone else's stays)."""
+    for name in os.listdir(gallery):
+        path = os.path.join(gallery, name)
+        if name.endswith(".jpg") and name not in kept and written_by_us(path):
+            os.remove(path)
 
 
 def _embed(path) -> str:
