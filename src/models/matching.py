@@ -58,17 +58,17 @@ def match(gt_ltrb: torch.Tensor, gt_labels: torch.Tensor, dboxes_cxcywh: torch.T
     n, m = gt_labels.shape
     step = max(1, chunk_elements // (max(m, 1, 0 if crowd_ltrb is None else crowd_ltrb.shape[1])
                                      * dboxes_cxcywh.shape[0]))
-    parts = [_match_chunk(gt_ltrb[i:i + step], gt_labels[i:i + step], dboxes_cxcywh, iou_threshold,
+    dboxes_cxcywh = dboxes_cxcywh.to(gt_ltrb.device)
+    dboxes_ltrb = box_convert(dboxes_cxcywh, "cxcywh", "xyxy")  # once per batch, not per chunk
+    parts = [_match_chunk(gt_ltrb[i:i + step], gt_labels[i:i + step], dboxes_cxcywh, dboxes_ltrb, iou_threshold,
                           None if crowd_ltrb is None else crowd_ltrb[i:i + step]) for i in range(0, n, step)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _match_chunk(gt_ltrb, gt_labels, dboxes_cxcywh, iou_threshold, crowd_ltrb):
+def _match_chunk(gt_ltrb, gt_labels, dboxes_cxcywh, dboxes_ltrb, iou_threshold, crowd_ltrb):
     if gt_labels.shape[1] == 0:  # no ground truth at all: one padding row keeps the shapes valid
         gt_ltrb, gt_labels = gt_ltrb.new_zeros(len(gt_ltrb), 1, 4), gt_labels.new_zeros(len(gt_labels), 1)
     n, m = gt_labels.shape
-    dboxes_cxcywh = dboxes_cxcywh.to(gt_ltrb.device)
-    dboxes_ltrb = box_convert(dboxes_cxcywh, "cxcywh", "xyxy")
     num_boxes = dboxes_ltrb.shape[0]
     valid = gt_labels > 0  # (N, M)
     ious = batched_box_iou(gt_ltrb, dboxes_ltrb)  # (N, M, B)
