@@ -105,13 +105,6 @@ def has_ground_truth(dataset, args) -> bool:
     return False
 
 
-def check_categories(model_ids, dataset, path):
-    """The model's categories must overlap the annotations' (COCOeval ignores the others)."""
-    if not set(model_ids) & set(dataset.category_ids):
-        raise UserError(f"{path} predicts none of the category ids of the annotations "
-                        f"({dataset.category_ids[:5]}...): is this checkpoint trained on this dataset?")
-
-
 def picture_paths(dataset, folder) -> dict:
     """image id -> its picture in ``folder``, at the image's own relative path (names stay unique)."""
     return {i: os.path.join(folder, dataset.coco.imgs[i]["file_name"]) for i in dataset.ids}
@@ -178,12 +171,11 @@ def main(args):
         guard.add_inputs(dataset.image_path(i) for i in dataset.ids)
         guard.files(report_files(args.report, dataset.ids if args.gallery else ()), "--report")
     guard.claim()
-    # a checkpoint without categories (the original's, NVIDIA's) is read with the dataset's, in id order
+    # matched to the dataset's categories by name; a checkpoint without names (the original's,
+    # NVIDIA's) reads its labels as the dataset's, in id order
     with watch("checkpoint"):
-        model, ids, names = load_model(checkpoint, args.model,
-                                       categories=(dataset.category_ids, dataset.category_names))
+        model, ids, names = load_model(checkpoint, args.model, categories=dataset.categories)
         model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
-    check_categories(ids, dataset, checkpoint)
     postprocess = Postprocessor.for_spec(model.spec, device, score_threshold=args.cls_threshold,
                                          nms_threshold=args.nms_threshold, num_labels=len(ids))
     if is_main_process():

@@ -32,6 +32,7 @@ from src.cli import (
     training_batch_size,
     zoom_factor,
 )
+from src.data.categories import match_by_name
 from src.data.crop import IOU_CROP_OPTIONS
 from src.data.dataset import (
     collate,
@@ -145,7 +146,8 @@ def main(args):
     seed_everything(args.seed + rank)  # the model's initial weights, the first shuffle
     with prepare_outputs(args) if is_main_process() else contextlib.nullcontext():
         train_set, val_set = build_datasets(args, world_size)
-        ckpt = TrainingCheckpoint.read(checkpoint_path(args), args.model, train_set.category_ids,
+        ckpt = TrainingCheckpoint.read(checkpoint_path(args), args.model,
+                                       (train_set.category_ids, train_set.category_names),
                                        train_set.annotation_file, args.batch_size * world_size) \
             if os.path.exists(checkpoint_path(args)) else None
         model = create_model(args, train_set.num_classes, device, from_checkpoint=ckpt is not None)
@@ -170,7 +172,8 @@ def main(args):
             if args.eval_every and ((epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs):
                 broadcast_buffers(model)  # evaluate, on every rank, the model rank 0 saves
                 evaluation, results = evaluate(model, build_val_loader(args, val_set, rank, world_size, device),
-                                               postprocess, device, amp=args.amp, channels_last=args.channels_last)
+                                               postprocess, device, category_ids=val_set.label_ids, amp=args.amp,
+                                               channels_last=args.channels_last)
             improved = log.add(epoch + 1, stats, evaluation and evaluation.stats)
             if is_main_process():
                 report_epoch(writer, epoch, stats, evaluation, val_set, results)
@@ -233,8 +236,8 @@ def build_datasets(args, world_size: int):
     if args.skip_empty_images and train.drop_empty() and is_main_process():
         print(f"{len(train)} training images with annotations kept (--skip-empty-images)")
     val = dataset_from(source(args.data_path[0], val_split, fmt), val_transforms(), max_missing=args.max_bad_images)
-    if train.category_ids != val.category_ids:
-        raise DatasetError(f"{train.annotation_file} and {val.annotation_file} list different categories")
+    # val's id of each trained label, matched by name (refused when val scores a category train lacks)
+    val.label_ids, notes = match_by_name((train.category_ids, train.category_names), val.categories)
     if train.report.boxes == 0:
         r = train.report
         raise DatasetError(f"no annotation of {train.annotation_file} is a usable box ({r.degenerate} degenerate, "
@@ -248,6 +251,8 @@ def build_datasets(args, world_size: int):
     if is_main_process():
         for line in train.warnings + val.warnings:
             print(f"warning: {line}", file=sys.stderr)
+        for line in notes:
+            print(line, file=sys.stderr)
     return train, val
 
 

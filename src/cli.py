@@ -8,6 +8,7 @@ import cv2
 import torch
 
 from src.checkpoints.published import PUBLISHED, local_path
+from src.data.categories import DatasetCategories
 from src.data.dataset import load_coco
 from src.models.specs import MODEL_NAMES
 from src.utils.errors import UserError
@@ -113,16 +114,18 @@ def add_categories_arg(p: argparse.ArgumentParser):
     """``--annotations``: names for the labels of a checkpoint that carries none."""
     p.add_argument("--annotations", help="a COCO-format annotation file whose categories (in id order) name the "
                                          "labels of a checkpoint that carries none: the original's or NVIDIA's "
-                                         "form trained on your own data")
+                                         "form trained on your own data (a checkpoint with names must match them "
+                                         "by name, or it is refused)")
 
 
-def categories_from_args(args):
-    """``(ids, names)`` of ``--annotations`` in id order, or None."""
+def categories_from_args(args) -> DatasetCategories | None:
+    """The categories of ``--annotations`` in id order, or None."""
     if not args.annotations:
         return None
-    coco, _ = load_coco(args.annotations)
+    coco, report = load_coco(args.annotations)
     ids = sorted(coco.cats)
-    return ids, [coco.cats[i]["name"] for i in ids]
+    return DatasetCategories(ids, [coco.cats[i]["name"] for i in ids], args.annotations,
+                             unnamed=set(report.unnamed_ids))
 
 
 def checkpoint_from_args(args) -> str:

@@ -171,6 +171,10 @@ def no_categories_match(data):
     data["annotations"][0]["category_id"] = 99
 
 
+def rename_a_scored_category(data):
+    next(c for c in data["categories"] if c["id"] == data["annotations"][0]["category_id"])["name"] = "star"
+
+
 def listed_twice(data):
     data["images"].append({**data["images"][0], "id": 9999})
 
@@ -345,6 +349,15 @@ CASES = [
     ("train-images-mostly-missing", "train.py", [*TRAIN_ARGS, "--save-folder", "{box}/s"],
      lambda box: [p.unlink() for p in sorted((box / "toy" / "train2017").iterdir())[:3]], 1,
      "3 of the 12 images .* are missing"),
+    # categories matched by name: other names on the same ids are refused
+    ("dataset-category-of-another-name", "test_dataset.py", DATASET, edit_json(VAL, rename_a_scored_category), 1,
+     "has categories the model was not trained on: 'star'"),
+    ("image-annotations-of-other-names", "test_image.py", [*IMAGE, "--annotations", "{box}/" + VAL],
+     edit_json(VAL, rename_a_scored_category), 1, "not trained on: 'star'"),
+    ("video-annotations-of-other-names", "test_video.py", [*VIDEO, "--annotations", "{box}/" + VAL],
+     edit_json(VAL, rename_a_scored_category), 1, "not trained on: 'star'"),
+    ("train-val-of-other-names", "train.py", [*TRAIN_ARGS, "--save-folder", "{box}/s"],
+     edit_json(VAL, rename_a_scored_category), 1, "instances_val2017.json has categories the model was not"),
     # demo.py and benchmark.py
     ("demo-out-is-a-file", "demo.py", ["--out", "{box}/photo.jpg", "--data", "{box}/toy"], None, 1, "is a file"),
     ("demo-data-is-not-a-dataset", "demo.py", ["--out", "{box}/d", "--data", "{box}/stuff"], not_a_dataset, 1,

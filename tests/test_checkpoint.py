@@ -91,11 +91,14 @@ def training_checkpoint(**changes) -> TrainingCheckpoint:
     return TrainingCheckpoint(**{**fields, **changes})
 
 
+CATS = ([4, 9], ["cat", "dog"])
+
+
 def test_training_checkpoint_round_trips_every_key(tmp_path):
     path = str(tmp_path / "ssdlite.pth")
     saved = training_checkpoint()
     saved.save(path)
-    read = TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data")
+    read = TrainingCheckpoint.read(path, "ssdlite", CATS, "data")
     assert sorted(read_checkpoint(path)) == sorted(vars(saved))  # what is on disk is the schema, no more
     assert (read.epoch, read.iteration, read.best_map, read.history, read.args) == (2, 10, 0.25, saved.history,
                                                                                     {"lr": 0.1})
@@ -109,19 +112,21 @@ def test_training_checkpoint_is_checked_when_read(tmp_path):
     path = str(tmp_path / "ssdlite.pth")
     training_checkpoint().save(path)
     with pytest.raises(CheckpointError, match="is a ssdlite checkpoint, not ssd"):
-        TrainingCheckpoint.read(path, "ssd", [4, 9], "data")
+        TrainingCheckpoint.read(path, "ssd", CATS, "data")
     with pytest.raises(CheckpointError, match="other categories"):
-        TrainingCheckpoint.read(path, "ssdlite", [4, 10], "data")
+        TrainingCheckpoint.read(path, "ssdlite", ([4, 10], ["cat", "dog"]), "data")
+    with pytest.raises(CheckpointError, match="other categories"):  # same ids, other names
+        TrainingCheckpoint.read(path, "ssdlite", ([4, 9], ["dog", "cat"]), "data")
     ckpt = read_checkpoint(path)
     del ckpt["lr_scheduler"]
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="lacks lr_scheduler"):
-        TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data")
+        TrainingCheckpoint.read(path, "ssdlite", CATS, "data")
     for key in ("progress", "rng", "history", "best_map", "args"):  # optional: an older file of ours still reads
         ckpt.pop(key)
     ckpt["lr_scheduler"] = training_checkpoint().lr_scheduler
     torch.save(ckpt, path)
-    assert TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data").progress is None
+    assert TrainingCheckpoint.read(path, "ssdlite", CATS, "data").progress is None
 
 
 def test_non_finite_weights_are_not_saved_over_a_checkpoint(tmp_path):
@@ -137,8 +142,8 @@ def test_non_finite_weights_are_not_saved_over_a_checkpoint(tmp_path):
 def test_a_run_resumes_only_with_the_global_batch_it_was_trained_with(tmp_path):
     path = str(tmp_path / "ssdlite.pth")
     training_checkpoint(global_batch=32).save(path)
-    assert TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data", global_batch=32).global_batch == 32
+    assert TrainingCheckpoint.read(path, "ssdlite", CATS, "data", global_batch=32).global_batch == 32
     with pytest.raises(CheckpointError, match="trained 32 images a step .* this run takes 16"):
-        TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data", global_batch=16)
+        TrainingCheckpoint.read(path, "ssdlite", CATS, "data", global_batch=16)
     training_checkpoint().save(path)  # a file written before the global batch was recorded: not checked
-    assert TrainingCheckpoint.read(path, "ssdlite", [4, 9], "data", global_batch=16).global_batch is None
+    assert TrainingCheckpoint.read(path, "ssdlite", CATS, "data", global_batch=16).global_batch is None

@@ -10,7 +10,7 @@ import torch
 from torchvision.models import _meta
 
 import train
-from src.data.categories import COCO_CATEGORIES
+from src.data.categories import COCO_CATEGORIES, DatasetCategories
 from src.data.dataset import CocoDetection
 from src.inference.detector import Detector
 from src.models.box_coder import BoxCoder
@@ -210,7 +210,7 @@ def test_the_detectors_defaults_and_its_checkpoint_categories(tmp_path):
     assert ours.device == torch.device("cpu") and next(ours.model.parameters()).device.type == "cpu"
     foreign = tmp_path / "nvidia_form.pth"  # no categories: the caller's
     torch.save({"model": {"module." + k: v for k, v in model.state_dict().items()}}, foreign)
-    named = Detector.from_checkpoint(str(foreign), categories=([3, 4], ["a", "b"]))
+    named = Detector.from_checkpoint(str(foreign), categories=DatasetCategories([3, 4], ["a", "b"]))
     assert (named.category_ids, named.category_names, named.postprocess.num_labels) == ([3, 4], ["a", "b"], 2)
 
 
@@ -227,14 +227,23 @@ def test_an_empty_image_with_one_hard_negative_weighs_as_a_third_of_a_positive()
 
 def test_what_a_checkpoints_labels_mean():
     from src.data.categories import label_categories
+
+    def labels(stored, num_classes, dataset=None):
+        ids, names, _ = label_categories(stored, num_classes, dataset and DatasetCategories(*dataset, "x.json"))
+        return ids, names
     coco_ids, coco_names = [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
-    assert label_categories(([4, 9], ["a", "b"]), 3) == ([4, 9], ["a", "b"])  # ours: as stored
-    assert label_categories(([4, 9], ["a", "b"]), 81, fallback=([1], ["person"])) == ([4, 9], ["a", "b"])
-    assert label_categories(None, 81) == (coco_ids, coco_names)  # a foreign 81-way head: COCO's
-    assert label_categories(None, 81, fallback=([1, 3], ["person", "car"])) == (coco_ids, coco_names)  # COCO's part
-    assert label_categories(None, 81, fallback=([1, 3], ["cat", "car"])) == ([1, 3], ["cat", "car"])  # other names
-    assert label_categories(None, 4, fallback=([5, 6], ["x", "y"])) == ([5, 6], ["x", "y"])
-    assert label_categories(None, 4) == ([1, 2, 3], ["class_1", "class_2", "class_3"])
+    assert labels(([4, 9], ["a", "b"]), 3) == ([4, 9], ["a", "b"])  # ours: as stored
+    assert labels(([4, 9], ["a", "b"]), 3, dataset=([1, 2], ["b", "a"])) == ([2, 1], ["a", "b"])  # by name
+    assert labels(None, 81) == (coco_ids, coco_names)  # a foreign 81-way head: COCO's
+    part = labels(None, 81, dataset=([1, 3], ["person", "car"]))  # COCO's part: the rest left out
+    assert part == ([1, None, 3] + [None] * 77, coco_names)
+    assert labels(None, 81, dataset=([1, 3], ["cat", "car"])) == ([1, 3], ["cat", "car"])  # other names
+    assert labels(None, 4, dataset=([5, 6], ["x", "y"])) == ([5, 6], ["x", "y"])
+    assert labels(None, 4) == ([1, 2, 3], ["class_1", "class_2", "class_3"])
+    # what reading labels without names assumes is said
+    data = DatasetCategories([5, 6], ["x", "y"], "x.json")
+    assert "read as the categories of x.json" in label_categories(None, 3, data)[2][0]
+    assert "labels 1-2 are read as them" in label_categories(None, 4, data)[2][0]
 
 
 def test_pixel_targets_from_coco_annotations():

@@ -15,6 +15,7 @@ read from the state dict's keys; :func:`load_model` turns any of the three into 
 import os
 import pickle
 import re
+import sys
 import tempfile
 import zipfile
 from dataclasses import MISSING, dataclass, field, fields
@@ -22,9 +23,10 @@ from dataclasses import MISSING, dataclass, field, fields
 import torch
 
 from src.checkpoints.published import PUBLISHED, fetch
-from src.data.categories import label_categories
+from src.data.categories import DatasetCategories, label_categories
 from src.models.specs import get_spec
 from src.models.ssd import build_model
+from src.utils.distributed import is_main_process
 from src.utils.errors import CheckpointError
 from src.utils.outputs import default_mode
 
@@ -79,10 +81,10 @@ class TrainingCheckpoint:
         save_atomic({f.name: getattr(self, f.name) for f in fields(self)}, path)
 
     @classmethod
-    def read(cls, path: str, model_name: str, category_ids: list, data_path: str,
+    def read(cls, path: str, model_name: str, categories: tuple[list, list], data_path: str,
              global_batch: int | None = None) -> "TrainingCheckpoint":
-        """The training checkpoint at ``path``, checked: ours, of this model, of these categories and,
-        when ``global_batch`` is given, of that global batch."""
+        """The training checkpoint at ``path``, checked: ours, of this model, of these categories
+        (``(ids, names)``, both the same) and, when ``global_batch`` is given, of that global batch."""
         ckpt = read_checkpoint(path)
         if "model_name" not in ckpt or "optimizer" not in ckpt:
             raise CheckpointError(f"{path} is not a training checkpoint of this project: move it away "
@@ -90,9 +92,10 @@ class TrainingCheckpoint:
         if ckpt["model_name"] != model_name:
             raise CheckpointError(f"{path} is a {ckpt['model_name']} checkpoint, not {model_name}: "
                                   f"use --model {ckpt['model_name']} or another --save-folder")
-        if list(ckpt.get("category_ids", [])) != list(category_ids):
+        if (list(ckpt.get("category_ids", [])), list(ckpt.get("category_names", []))) != tuple(map(list, categories)):
             raise CheckpointError(f"{path} was trained on {ckpt.get('num_classes', 1) - 1} other categories than "
-                                  f"the {len(category_ids)} of {data_path}: choose another --save-folder")
+                                  f"the {len(categories[0])} of {data_path} (ids or names differ): choose another "
+                                  "--save-folder")
         saved_batch = ckpt.get("global_batch")
         if global_batch is not None and saved_batch is not None and saved_batch != global_batch:
             raise CheckpointError(f"{path} was trained {saved_batch} images a step (--batch-size x processes) and "
@@ -204,17 +207,21 @@ def architecture_of(state: dict, path: str, model_name: str | None = None) -> st
     return found
 
 
-def load_model(path: str, model_name: str | None = None, map_location="cpu", categories=None):
+def load_model(path: str, model_name: str | None = None, map_location="cpu",
+               categories: DatasetCategories | None = None):
     """The one way to turn a checkpoint of any of the three forms into a model.
 
     :param path: a checkpoint file, or the name of published weights ("nvidia", "original"),
         fetched into the torch hub cache the first time
     :param model_name: when given, the checkpoint must hold this architecture
-    :param categories: ``(ids, names)`` for a checkpoint that carries none
-        (:func:`~src.data.categories.label_categories`)
+    :param categories: those of the dataset the model is used on, or None: the checkpoint's
+        categories are matched to them by name, or for a checkpoint that names none, its labels
+        read as them (:func:`~src.data.categories.label_categories`;
+        a mismatch raises :class:`DatasetError`, remarks are printed once)
     The architecture comes from the keys and the class count from the class head.
-    :return: ``(model in eval mode, category_ids, category_names)``; there may be fewer
-        categories than the head has labels (decode with ``num_labels=len(category_ids)``)
+    :return: ``(model in eval mode, category_ids, category_names)`` of labels 1..K: with
+        ``categories``, the ids are the dataset's (None for a category it lacks); there may be
+        fewer categories than the head has labels (decode with ``num_labels=len(category_ids)``)
     """
     path = resolve(path)
     ckpt = read_checkpoint(path, map_location)
@@ -225,10 +232,16 @@ def load_model(path: str, model_name: str | None = None, map_location="cpu", cat
     load_model_weights(model, state, path)
     stored = (ckpt["category_ids"], ckpt["category_names"]) if "category_names" in ckpt and "category_ids" in ckpt \
         else None
-    ids, names = label_categories(stored, num_classes, categories)
-    if len(names) > num_classes - 1 or ("category_names" in ckpt and len(names) != num_classes - 1):
-        raise CheckpointError(f"{path} has a {num_classes - 1}-class head, and {len(names)} categories to "
+    if stored is not None and len(stored[1]) != num_classes - 1:
+        raise CheckpointError(f"{path} has a {num_classes - 1}-class head, and {len(stored[1])} categories to "
                               "put on it")
+    if stored is None and categories is not None and len(categories.ids) > num_classes - 1:
+        raise CheckpointError(f"{path} has a {num_classes - 1}-class head, and {len(categories.ids)} categories to "
+                              f"put on it (those of {categories.where})")
+    ids, names, notes = label_categories(stored, num_classes, categories)
+    if is_main_process():
+        for line in notes:
+            print(line, file=sys.stderr)
     return model.eval(), ids, names
 
 

@@ -7,7 +7,7 @@ annotation ``id`` is numbered) and counted in the returned :class:`CocoReport`, 
 :meth:`~CocoReport.warning` is one summary line.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from src.utils.errors import DatasetError
 
@@ -24,6 +24,7 @@ class CocoReport:
     filled_iscrowd: int = 0
     filled_id: int = 0
     filled_name: int = 0
+    unnamed_ids: list = field(default_factory=list)  # categories named by id
 
     def warning(self) -> str | None:
         """One line of what was mended or dropped, or None if nothing was."""
@@ -104,6 +105,7 @@ def _check_categories(categories, path, report) -> set:
         if not isinstance(c.get("name"), str) or not c["name"]:
             c["name"] = f"category {c['id']}"
             report.filled_name += 1
+            report.unnamed_ids.append(c["id"])
     return ids
 
 

@@ -12,6 +12,7 @@ import torch
 from pycocotools.coco import COCO
 from torchvision import tv_tensors
 
+from src.data.categories import DatasetCategories
 from src.data.coco_check import CocoReport, check_coco
 from src.data.targets import normalised, pixel_targets
 from src.utils.errors import DatasetError, ImageReadError
@@ -173,6 +174,14 @@ class CocoDetection(torch.utils.data.Dataset):
         before = len(self.ids)
         self.ids = [i for i in self.ids if self.coco.imgToAnns.get(i)]
         return before - len(self.ids)
+
+    @property
+    def categories(self) -> DatasetCategories:
+        """Its categories as matching to a model's needs them: those with a ground-truth box to
+        score (crowd and difficult ones are not), those the file left unnamed."""
+        scored = {a["category_id"] for a in self.coco.dataset["annotations"] if not a.get("iscrowd")}
+        return DatasetCategories(self.category_ids, self.category_names, self.annotation_file, scored,
+                                 set(self.report.unnamed_ids))
 
     @property
     def num_classes(self) -> int:

@@ -18,13 +18,16 @@ def to_coco_results(detections, image_ids, orig_sizes, category_ids) -> list[dic
 
     :param detections: per image ``(boxes (k, 4) normalised ltrb, labels (k,), scores (k,))``
     :param orig_sizes: per image (height, width) of the file
-    :param category_ids: dataset category id of each label 1..K (``category_ids[label - 1]``)
+    :param category_ids: dataset category id of each label 1..K (``category_ids[label - 1]``); a
+        label whose id is None (a category the dataset lacks) is left out
     """
     results = []
     for (boxes, labels, scores), image_id, (h, w) in zip(detections, image_ids, orig_sizes):
         boxes = boxes.float().cpu().numpy() * np.array([w, h, w, h], dtype=np.float32)
         boxes[:, 2:] -= boxes[:, :2]  # ltrb -> COCO xywh
         for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
+            if category_ids[label - 1] is None:
+                continue
             results.append({"image_id": int(image_id), "category_id": int(category_ids[label - 1]),
                             "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
     return results

@@ -63,7 +63,8 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path, model_name=None, device="cpu", categories=None, **kwargs) -> "Detector":
-        """:param categories: ``(ids, names)`` for a checkpoint that carries none"""
+        """:param categories: a dataset's :class:`~src.data.categories.DatasetCategories`: the
+            names of a checkpoint that carries none; one that does must match them by name"""
         model, ids, names = load_model(path, model_name, map_location="cpu", categories=categories)
         return cls(model, ids, names, device, **kwargs)
 
