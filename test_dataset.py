@@ -24,7 +24,7 @@ from src.cli import (
     run_cli,
 )
 from src.data.dataset import dataset_from, eval_loader, read_rgb
-from src.data.formats import DEFAULT_SPLITS, FORMATS, Source, dataset_folders, detect_format, source
+from src.data.formats import DEFAULT_SPLITS, FORMATS, Source, dataset_folders, detect_format, source, splits_of
 from src.data.transforms import val_transforms
 from src.evaluation.evaluate import eval_batch_size, evaluate
 from src.evaluation.report import build, print_table, report_files, write_report
@@ -80,7 +80,11 @@ def data_source(args) -> tuple[Source, list[str]]:
     if not os.path.exists(args.data_path):
         raise UserError(f"dataset {args.data_path} not found (set --data-path)")
     fmt = detect_format(args.data_path) if args.data_format == "auto" else args.data_format
-    split = source(args.data_path, args.split or DEFAULT_SPLITS[fmt][1], fmt)
+    every = args.split is None and fmt == "voc" and splits_of(args.data_path, fmt) == ["all"]  # labelImg's
+    split = source(args.data_path, "all" if every else args.split or DEFAULT_SPLITS[fmt][1], fmt)
+    if every:
+        print(f"note: {args.data_path} has no ImageSets/Main/ lists: evaluating every XML of Annotations/ "
+              "(split 'all')", file=sys.stderr)
     files = [split.annotations] if isinstance(split.annotations, str) else []
     return split, [*files, split.image_dir, *dataset_folders(args.data_path)]
 

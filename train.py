@@ -229,13 +229,17 @@ def build_datasets(args, world_size: int):
     """The checked train and val sets (their warnings printed once)."""
     fmt = detect_format(args.data_path[0]) if args.data_format == "auto" else args.data_format
     train_split, val_split = args.train_split or DEFAULT_SPLITS[fmt][0], args.val_split or DEFAULT_SPLITS[fmt][1]
-    train_source = merge([source(root, train_split, fmt) for root in args.data_path], read_source)
+    train_source = merge([source(root, train_split, fmt, "--train-split") for root in args.data_path], read_source)
     augment = train_transforms(zoom_out=args.zoom_out, photometric=args.photometric, crop=args.crop,
                                min_ious=args.crop_ious, channel_shuffle=args.channel_shuffle)
     train = dataset_from(train_source, augment, max_missing=args.max_bad_images)
     if args.skip_empty_images and train.drop_empty() and is_main_process():
         print(f"{len(train)} training images with annotations kept (--skip-empty-images)")
-    val = dataset_from(source(args.data_path[0], val_split, fmt), val_transforms(), max_missing=args.max_bad_images)
+    val = dataset_from(source(args.data_path[0], val_split, fmt, "--val-split"), val_transforms(),
+                       max_missing=args.max_bad_images)
+    if val_split == train_split and is_main_process():
+        print(f"warning: validating on the training split '{train_split}': its AP says how well the model fits "
+              "the images it learns from, not how it does on others", file=sys.stderr)
     # val's id of each trained label, matched by name (refused when val scores a category train lacks)
     val.label_ids, notes = match_by_name((train.category_ids, train.category_names), val.categories)
     if train.report.boxes == 0:

@@ -167,6 +167,25 @@ def yolo_with_a_short_line(box):
     (box / "yolo" / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames: [thing]\n")
 
 
+def voc_of_labelimg(box):
+    """Annotations/ and JPEGImages/ without ImageSets/, a classes.txt that lacks one class."""
+    for folder in ("Annotations", "JPEGImages"):
+        (box / "voc" / folder).mkdir(parents=True)
+    (box / "voc" / "Annotations" / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>320</width><height>240</height></size><object>"
+        "<name>Dog</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>50</xmax><ymax>60</ymax></bndbox></object>"
+        "</annotation>")
+    (box / "voc" / "classes.txt").write_text("cat\n")
+    shutil.copy(box / "photo.jpg", box / "voc" / "JPEGImages" / "a.jpg")
+
+
+def yolo_without_val(box):
+    yolo_with_a_short_line(box)
+    for split in ("train", "val"):
+        (box / "yolo" / "labels" / split / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (box / "yolo" / "data.yaml").write_text("path: .\ntrain: images/train\ntest: images/val\nnames: [thing]\n")
+
+
 def no_categories_match(data):
     data["annotations"][0]["category_id"] = 99
 
@@ -358,6 +377,17 @@ CASES = [
      edit_json(VAL, rename_a_scored_category), 1, "not trained on: 'star'"),
     ("train-val-of-other-names", "train.py", [*TRAIN_ARGS, "--save-folder", "{box}/s"],
      edit_json(VAL, rename_a_scored_category), 1, "instances_val2017.json has categories the model was not"),
+    # the forms datasets come in
+    ("voc-class-missing-from-classes-txt", "test_dataset.py", [*DATASET[:2], "--data-path", "{box}/voc"],
+     voc_of_labelimg, 1, r"a\.xml has an object of class 'Dog', which .*classes\.txt does not list"),
+    ("voc-without-split-lists-train", "train.py", [*TRAIN_ARGS[2:], "--data-path", "{box}/voc", "--save-folder",
+                                                   "{box}/s"], voc_of_labelimg, 1,
+     "no ImageSets/Main/ lists .* choose it with --train-split all"),
+    ("yolo-split-missing", "train.py", [*TRAIN_ARGS[2:], "--data-path", "{box}/yolo/data.yaml", "--save-folder",
+                                        "{box}/s"], yolo_without_val, 1,
+     r"has no split 'val' \(its splits are train, test\): choose one with --val-split"),
+    ("coco-split-missing", "test_dataset.py", [*DATASET, "--split", "valid"], None, 1,
+     r"has no split 'valid' \(its splits are train, val\): choose one with --split"),
     # demo.py and benchmark.py
     ("demo-out-is-a-file", "demo.py", ["--out", "{box}/photo.jpg", "--data", "{box}/toy"], None, 1, "is a file"),
     ("demo-data-is-not-a-dataset", "demo.py", ["--out", "{box}/d", "--data", "{box}/stuff"], not_a_dataset, 1,
