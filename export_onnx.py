@@ -72,8 +72,8 @@ def main(args):
         raise UserError("export needs the onnx package: pip install -r requirements-dev.txt") from None
     guard = OutputGuard([local_path(args.pretrained_model)])
     guard.files([args.output] + ([] if args.with_nms else [dboxes_path(args.output)]), "--output")
-    guard.claim()
     model, ids, names = load_model(args.pretrained_model, args.model)
+    guard.claim()  # checked and loaded: nothing is written before this
     post = Postprocessor.for_spec(model.spec, score_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
                                   num_labels=len(ids))
     module = ExportableSSD(model, post, decode=args.with_nms).eval()

@@ -174,12 +174,12 @@ def main(args):
     if args.report:
         guard.add_inputs(dataset.image_path(i) for i in dataset.ids)
         guard.files(report_files(args.report, dataset.ids if args.gallery else ()), "--report")
-    guard.claim()
     # matched to the dataset's categories by name; a checkpoint without names (the original's,
     # NVIDIA's) reads its labels as the dataset's, in id order
     with watch("checkpoint"):
         model, ids, names = load_model(checkpoint, args.model, categories=dataset.categories)
         model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
+    guard.claim()  # checked and loaded: nothing is written before this
     postprocess = Postprocessor.for_spec(model.spec, device, score_threshold=args.cls_threshold,
                                          nms_threshold=args.nms_threshold, num_labels=len(ids))
     if is_main_process():

@@ -108,11 +108,11 @@ def main(args):
     guard.files(outputs, "--output")
     if args.json:
         guard.file(args.json, "--json")
-    guard.claim()
     output_of = dict(zip(inputs, outputs))
     detector = Detector.from_checkpoint(checkpoint, args.model, args.device, categories=categories,
                                         cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
                                         amp=args.amp)
+    guard.claim()  # checked and loaded: nothing is written before this
     report = []
     for start in range(0, len(inputs), args.batch_size):
         batch = read_batch(inputs[start:start + args.batch_size], single=len(inputs) == 1)

@@ -100,7 +100,6 @@ def main(args):
     categories = categories_from_args(args)
     guard = OutputGuard([args.input, local_path(checkpoint), args.annotations])
     out_path = guard.file(output_path(args), "--output")
-    guard.claim()
     cap = open_reader(args.input)
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if fps and math.isfinite(fps) and fps > 0 else 25.0
@@ -109,6 +108,7 @@ def main(args):
     detector = Detector.from_checkpoint(checkpoint, args.model, args.device, categories=categories,
                                         cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
                                         amp=args.amp)
+    guard.claim()  # checked and loaded: nothing is written before this
     display = args.display and can_display()
     if args.display and not display:
         print("no display found: --display ignored")

@@ -65,8 +65,8 @@ from src.training.resume import (
 )
 from src.training.stop import GracefulStop
 from src.utils.distributed import broadcast_buffers, cleanup, get_world_size, init_distributed, is_main_process
-from src.utils.errors import CheckpointError, DatasetError, ImageReadError, UserError
-from src.utils.outputs import FolderLock, OutputGuard, identity
+from src.utils.errors import CheckpointError, DatasetError, ImageReadError, NonFiniteLossError, UserError
+from src.utils.outputs import FolderLock, OutputGuard, folder_kept_only_if_used, identity
 
 EMPTY_NEGATIVES = 30  # hard negatives of an image without objects: those of an image with 10 positives
 CROP = "nvidia"  # NVIDIA's and the original's crop search: what the ablation chose (docs/results.md)
@@ -163,8 +163,11 @@ def main(args):
         stopper = GracefulStop().install()
         for epoch in range(point.epoch, args.epochs):
             totals = begin_epoch(point, epoch, sampler, args.batch_size, args.seed, rank)
-            totals = train_one_epoch(trained, criterion, loader, step, totals=totals, writer=writer,
-                                     should_stop=stopper.should_stop, desc=f"epoch {epoch + 1}/{args.epochs}")
+            try:
+                totals = train_one_epoch(trained, criterion, loader, step, totals=totals, writer=writer,
+                                         should_stop=stopper.should_stop, desc=f"epoch {epoch + 1}/{args.epochs}")
+            except NonFiniteLossError as e:
+                raise NonFiniteLossError(f"{e}; {what_is_saved(checkpoint_path(args))}") from None
             if not totals.complete:  # stopped by a signal mid-epoch: save where, and leave
                 save_stop(args, model, step, train_set, log, epoch, totals)
                 break
@@ -201,20 +204,33 @@ def best_path(args) -> str:
     return os.path.join(args.save_folder, f"{args.model}_best.pth")
 
 
-def prepare_outputs(args) -> FolderLock:
+@contextlib.contextmanager
+def prepare_outputs(args):
     """Before any work: the save and log folders exist, are writable and are not dataset folders;
-    no other run holds the save folder (the lock returned, released at the end of a ``with``);
-    nothing there would be overwritten that is not this run's."""
+    no other run holds the save folder (locked until the end of the ``with``); nothing there
+    would be overwritten that is not this run's. A run that fails before writing anything
+    removes the folders it made (an offline first run leaves no empty folder or lock behind)."""
     for root in args.data_path:
         if not os.path.exists(root):
             raise DatasetError(f"dataset {root} not found (set --data-path)")
     guard = OutputGuard(folder for root in args.data_path for folder in dataset_folders(root))
-    guard.folder(args.save_folder, "--save-folder")
-    guard.folder(log_dir(args), "--log-path")
-    lock = FolderLock(args.save_folder).acquire()
-    if lock.taken_over:
-        print(f"note: {args.save_folder} was held by a run that ended without releasing it ({lock.taken_over}); "
-              "taken over")
+    try:
+        guard.folder(args.save_folder, "--save-folder")
+        guard.folder(log_dir(args), "--log-path")
+        guard.claim()
+        with FolderLock(args.save_folder) as lock:
+            if lock.taken_over:
+                print(f"note: {args.save_folder} was held by a run that ended without releasing it "
+                      f"({lock.taken_over}); taken over")
+            check_save_folder(args)
+            yield
+    except BaseException:
+        guard.remove_empty_created()
+        raise
+
+
+def check_save_folder(args):
+    """Neither checkpoint this run writes may be one it reads or one another run left."""
     last, best = checkpoint_path(args), best_path(args)
     if args.finetune_from and identity(local_path(args.finetune_from)) in (identity(last), identity(best)):
         raise UserError(f"--finetune-from {args.finetune_from} is where this run saves its checkpoints: "
@@ -222,7 +238,15 @@ def prepare_outputs(args) -> FolderLock:
     if os.path.lexists(best) and not os.path.lexists(last):
         raise CheckpointError(f"{best} is left from an earlier run and {last} is absent, so this run would "
                               "replace it: move it away or choose another --save-folder")
-    return lock
+
+
+def what_is_saved(path: str) -> str:
+    """After a failure: the checkpoint a run can go on from, if there is one."""
+    if not os.path.exists(path):
+        return "no checkpoint was saved yet: lower --lr (or --warmup longer) and start again"
+    epoch = torch.load(path, map_location="cpu", weights_only=True).get("epoch", "?")
+    return (f"{path} (after epoch {epoch}) is kept, not overwritten: run the same command to go on from it, "
+            "perhaps with a lower --lr")
 
 
 def build_datasets(args, world_size: int):
@@ -280,7 +304,8 @@ def create_model(args, num_classes: int, device, from_checkpoint: bool):
 def fetch_backbone_weights(model_name: str):
     """torchvision's ImageNet weights of the backbone, downloaded once into the torch hub cache."""
     try:
-        BACKBONE_WEIGHTS[model_name].get_state_dict(progress=is_main_process())
+        with folder_kept_only_if_used(os.path.join(torch.hub.get_dir(), "checkpoints")):
+            BACKBONE_WEIGHTS[model_name].get_state_dict(progress=is_main_process())
     except (OSError, RuntimeError) as e:  # no network (a URLError is an OSError), or a corrupt download
         torch_home = os.environ.get("TORCH_HOME", "~/.cache/torch")
         raise UserError(f"could not get the ImageNet weights of the backbone ({e}); train with "

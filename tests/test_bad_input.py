@@ -508,3 +508,42 @@ def test_tolerable_annotation_problems_are_mended_and_warned_once(sandbox, monke
     assert len(warnings) == 1 and "without 'area' (set to the box area)" in warnings[0], captured.err
     assert "without 'iscrowd' (set to 0)" in warnings[0]
     assert " Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all" in captured.out
+
+
+def new_files(before: dict, root) -> list[str]:
+    """Files and folders under ``root`` that were not there ``before`` (a hashes() dict)."""
+    out = []
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            rel = os.path.relpath(os.path.join(folder, name), root)
+            if rel not in before and not any(k.startswith(rel + os.sep) for k in before):
+                out.append(rel)
+    return out
+
+
+def test_a_run_refused_after_making_its_folders_leaves_none(sandbox, monkeypatch, capfd):
+    before = hashes(sandbox)
+    argv = [a.replace("{box}", str(sandbox)) for a in TRAIN_ARGS] + ["--save-folder", f"{sandbox}/new/save"]
+    edit_json(TRAIN, all_negative)(sandbox)  # refused once the folders are made and locked
+    assert run_script("train.py", argv, monkeypatch) == 1
+    assert "no annotation" in capfd.readouterr().err
+    assert new_files(before, sandbox) == []  # no save folder, no lock, no empty runs/
+
+
+def test_an_offline_first_run_leaves_no_folder_or_lock(sandbox, monkeypatch, capfd):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setenv("TORCH_HOME", str(sandbox / "torch_home"))
+    before = hashes(sandbox)
+    argv = [a.replace("{box}", str(sandbox)) for a in TRAIN_ARGS if a != "--no-pretrained-backbone"]
+    assert run_script("train.py", [*argv, "--save-folder", f"{sandbox}/save_new"], monkeypatch) == 1
+    err = capfd.readouterr().err
+    assert "could not get the ImageNet weights" in err and "--no-pretrained-backbone" in err
+    assert new_files(before, sandbox) == []
+    assert run_script("test_image.py", ["--pretrained-model", "nvidia", "--input", f"{sandbox}/photo.jpg"],
+                      monkeypatch) == 1
+    assert "could not download" in capfd.readouterr().err
+    assert new_files(before, sandbox) == []  # no empty torch_home/hub/checkpoints either

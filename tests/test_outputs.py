@@ -6,7 +6,14 @@ import sys
 import pytest
 
 from src.utils.errors import UserError
-from src.utils.outputs import MANIFEST, FolderLock, OutputGuard, not_our_outputs, written_by_us
+from src.utils.outputs import (
+    MANIFEST,
+    FolderLock,
+    OutputGuard,
+    folder_kept_only_if_used,
+    not_our_outputs,
+    written_by_us,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,8 +22,9 @@ def test_new_files_may_be_written_and_are_recorded_after(tmp_path):
     out = tmp_path / "sub" / "a.json"
     guard = OutputGuard()
     guard.file(str(out))
-    assert (tmp_path / "sub").is_dir()  # the folder was made and tried at check time
+    assert not (tmp_path / "sub").exists()  # checks write nothing: the folder is made by claim()
     guard.claim()
+    assert (tmp_path / "sub").is_dir()
     assert written_by_us(str(out)) is False  # nothing there yet
     out.write_text("[]")
     assert written_by_us(str(out))  # pending: a killed run's half-written file stays ours
@@ -26,6 +34,29 @@ def test_new_files_may_be_written_and_are_recorded_after(tmp_path):
     assert not written_by_us(str(out))
     with pytest.raises(UserError, match="not written by this project"):
         OutputGuard().file(str(out))
+
+
+def test_folders_are_made_at_claim_and_removed_if_nothing_was_written(tmp_path):
+    guard = OutputGuard()
+    guard.folder(str(tmp_path / "a" / "b" / "save"))
+    guard.folder(str(tmp_path / "logs"))
+    guard.claim()
+    assert (tmp_path / "a" / "b" / "save").is_dir() and guard.created == [str(tmp_path / "a"), str(tmp_path / "logs")]
+    (tmp_path / "a" / "b" / "save" / ".train.lock").write_text("")  # a lock alone is nothing written
+    (tmp_path / "logs" / "events").write_text("x")
+    guard.remove_empty_created()
+    assert not (tmp_path / "a").exists() and (tmp_path / "logs" / "events").exists()
+
+
+def test_a_failed_download_leaves_no_folder_it_made(tmp_path):
+    (tmp_path / "hub").mkdir()
+    with pytest.raises(OSError):
+        with folder_kept_only_if_used(str(tmp_path / "hub" / "cache" / "checkpoints")):
+            raise OSError("offline")
+    assert os.listdir(tmp_path / "hub") == []  # made and removed; the folder that was there stays
+    with folder_kept_only_if_used(str(tmp_path / "hub" / "cache" / "checkpoints")):
+        pass
+    assert (tmp_path / "hub" / "cache" / "checkpoints").is_dir()  # kept when the body succeeds
 
 
 def test_inputs_are_caught_through_symlinks_and_hard_links(tmp_path):

@@ -2,6 +2,7 @@
 that differ from classes.txt in case or spaces (or are missing from it), Roboflow's and
 Ultralytics' data.yaml with several folders, .txt lists of images and ``../train/images`` paths;
 and a missing split named with the option that chooses one and the splits that exist."""
+import json
 import os
 import shutil
 
@@ -10,8 +11,8 @@ from export_formats import to_voc, to_yolo
 from test_bad_input import run_script
 
 import train
-from src.data.dataset import dataset_from
-from src.data.formats import source, splits_of
+from src.data.dataset import coco_paths, dataset_from
+from src.data.formats import Source, source, splits_of
 from src.utils.errors import DatasetError
 
 
@@ -155,3 +156,21 @@ def test_a_missing_split_names_the_option_and_the_splits_that_exist(fmt, toy_roo
     with pytest.raises(DatasetError, match=f"has no split 'valid' \\(its splits are {have}\\): choose one with "
                                            "--val-split"):
         source(root, "valid", fmt, "--val-split")
+
+
+def test_degenerate_and_out_of_image_boxes_name_their_file(voc_root, toy_root, tmp_path):
+    root = tmp_path / "voc"
+    shutil.copytree(voc_root, root)
+    xml = next(p for p in sorted((root / "Annotations").iterdir()) if "<object>" in p.read_text()
+               and p.stem in (root / "ImageSets" / "Main" / "test.txt").read_text())
+    text = xml.read_text()
+    start = text.index("<xmax>") + len("<xmax>")
+    xml.write_text(text[:start] + "0" + text[text.index("</xmax>"):])  # xmax 0: a degenerate box
+    warnings = " ".join(dataset_from(source(str(root), "test")).warnings)
+    assert "1 boxes dropped as degenerate" in warnings and f"first: annotation 1 of {xml}" in warnings
+    data = json.loads(open(coco_paths(toy_root, "val")[0]).read())
+    data["annotations"][0]["bbox"][0] = -30.0  # reaches 30 px left of its image
+    image = next(im["file_name"] for im in data["images"] if im["id"] == data["annotations"][0]["image_id"])
+    warnings = " ".join(dataset_from(Source(coco_paths(toy_root, "val")[1], data, "x.json")).warnings)
+    assert f"1 boxes reach outside their image and are clipped to it (first: annotation " \
+           f"{data['annotations'][0]['id']} of {image}" in warnings

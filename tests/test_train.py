@@ -200,7 +200,16 @@ def test_non_finite_loss_stops_with_the_iteration_and_saves_nothing(toy_root, tm
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("train.py: error: non-finite loss") and "at iteration" in last
+    assert "no checkpoint was saved yet" in last  # none is claimed
     assert not (tmp_path / "ssdlite.pth").exists()
+
+
+def test_a_failure_names_the_checkpoint_kept_only_when_there_is_one(tmp_path):
+    from train import what_is_saved
+    path = tmp_path / "ssdlite.pth"
+    assert "no checkpoint was saved yet" in what_is_saved(str(path))
+    torch.save({"epoch": 3, "model": {}}, path)
+    assert f"{path} (after epoch 3) is kept" in what_is_saved(str(path))
 
 
 def test_the_map_reported_in_ddp_is_the_map_of_the_saved_checkpoint(toy_root, tmp_path):

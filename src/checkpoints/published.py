@@ -8,6 +8,7 @@ import urllib.error
 import torch
 
 from src.utils.errors import UserError
+from src.utils.outputs import folder_kept_only_if_used
 
 PUBLISHED = {
     "nvidia": {
@@ -42,11 +43,11 @@ def fetch(name: str, url: str | None = None) -> tuple[str, bool]:
     path = cache_path(name)
     if os.path.exists(path):
         return path, False
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if name == "nvidia" or url:
-        _download(url or PUBLISHED["nvidia"]["url"], path, name)
-    else:
-        _download_from_drive(path)
+    with folder_kept_only_if_used(os.path.dirname(path)):
+        if name == "nvidia" or url:
+            _download(url or PUBLISHED["nvidia"]["url"], path, name)
+        else:
+            _download_from_drive(path)
     return path, True
 
 

@@ -20,6 +20,9 @@ class CocoReport:
     boxes: int = 0  # usable boxes: not crowd, at least MIN_BOX_SIDE wide and high
     crowd: int = 0
     degenerate: int = 0  # non-crowd boxes thinner than MIN_BOX_SIDE after clipping to the image
+    first_degenerate: str = ""  # where the first one is
+    clipped: int = 0  # usable boxes reaching more than a pixel outside their image
+    first_clipped: str = ""
     filled_area: int = 0
     filled_iscrowd: int = 0
     filled_id: int = 0
@@ -29,7 +32,9 @@ class CocoReport:
     def warning(self) -> str | None:
         """One line of what was mended or dropped, or None if nothing was."""
         parts = [f"{self.degenerate} boxes dropped as degenerate (under {MIN_BOX_SIDE:g} px after clipping "
-                 "to the image)" if self.degenerate else "",
+                 f"to the image; first: {self.first_degenerate})" if self.degenerate else "",
+                 f"{self.clipped} boxes reach outside their image and are clipped to it (first: {self.first_clipped})"
+                 if self.clipped else "",
                  f"{self.filled_area} annotations without 'area' (set to the box area)" if self.filled_area else "",
                  f"{self.filled_iscrowd} annotations without 'iscrowd' (set to 0)" if self.filled_iscrowd else "",
                  f"{self.filled_id} annotations without 'id' (numbered)" if self.filled_id else "",
@@ -109,7 +114,7 @@ def _check_categories(categories, path, report) -> set:
     return ids
 
 
-def _check_annotations(anns, sizes, category_ids, path, report):
+def _check_annotations(anns, sizes, category_ids, path, report, origins):
     def fail_where(bad, field, what):
         if bad:
             a = bad[0]
@@ -131,7 +136,7 @@ def _check_annotations(anns, sizes, category_ids, path, report):
         if "id" not in a:
             a["id"], next_id = next_id, next_id + 1
             report.filled_id += 1
-        _count_box(a, sizes[a["image_id"]], report)
+        _count_box(a, sizes[a["image_id"]], report, f"annotation {a['id']} of {origins[a['image_id']]}")
 
 
 def _mend(ann, report):
@@ -143,19 +148,23 @@ def _mend(ann, report):
         report.filled_iscrowd += 1
 
 
-def _count_box(ann, size, report):
+def _count_box(ann, size, report, where: str):
     if ann["iscrowd"]:
         report.crowd += 1
         return
     x, y, w, h = ann["bbox"]
-    x0, y0, x1, y1 = x, y, x + w, y + h
+    box = x0, y0, x1, y1 = x, y, x + w, y + h
     if size is not None:  # clipped to the image, as the reader does
         x0, x1 = min(max(x0, 0), size[0]), min(max(x1, 0), size[0])
         y0, y1 = min(max(y0, 0), size[1]), min(max(y1, 0), size[1])
-    if x1 - x0 >= MIN_BOX_SIDE and y1 - y0 >= MIN_BOX_SIDE:
-        report.boxes += 1
-    else:
+    if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
         report.degenerate += 1
+        report.first_degenerate = report.first_degenerate or f"{where}, bbox {ann['bbox']}"
+        return
+    report.boxes += 1
+    if max(abs(a - b) for a, b in zip(box, (x0, y0, x1, y1))) > 1:
+        report.clipped += 1
+        report.first_clipped = report.first_clipped or f"{where}, bbox {ann['bbox']}"
 
 
 def check_coco(data, path: str) -> CocoReport:
@@ -165,5 +174,6 @@ def check_coco(data, path: str) -> CocoReport:
     report = CocoReport()
     sizes = _check_images(_entries(data, "images", path), path)
     category_ids = _check_categories(_entries(data, "categories", path), path, report)
-    _check_annotations(_entries(data, "annotations", path), sizes, category_ids, path, report)
+    origins = {im["id"]: im.get("annotation_source") or im["file_name"] for im in data["images"]}
+    _check_annotations(_entries(data, "annotations", path), sizes, category_ids, path, report, origins)
     return report

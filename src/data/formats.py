@@ -155,7 +155,8 @@ def voc_source(root: str, split: str, flag: str = "--split") -> Source:
     data = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
     for image_id, (name, (file_name, (width, height), objects)) in enumerate(zip(names, parsed), start=1):
         data["images"].append({"id": image_id, "file_name": file_name or f"{name}.jpg", "width": width,
-                               "height": height})
+                               "height": height,
+                               "annotation_source": os.path.join(root, "Annotations", f"{name}.xml")})
         for cls, (x0, y0, x1, y1), difficult in objects:
             data["annotations"].append({"id": len(data["annotations"]) + 1, "image_id": image_id,
                                         "category_id": index(cls, name) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
@@ -248,8 +249,10 @@ def yolo_source(root: str, split: str, flag: str = "--split") -> Source:
     data = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(names)]}
     for image_id, rel in enumerate(images, start=1):
         width, height = _upright_size(os.path.join(folder, rel))
-        data["images"].append({"id": image_id, "file_name": rel, "width": width, "height": height})
-        for cls, (cx, cy, w, h) in _read_yolo_labels(_label_path(os.path.join(folder, rel)), len(names), config):
+        labels = _label_path(os.path.join(folder, rel))
+        data["images"].append({"id": image_id, "file_name": rel, "width": width, "height": height,
+                               "annotation_source": labels})
+        for cls, (cx, cy, w, h) in _read_yolo_labels(labels, len(names), config):
             box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
             data["annotations"].append({"id": len(data["annotations"]) + 1, "image_id": image_id, "category_id": cls,
                                         "bbox": box, "area": box[2] * box[3], "iscrowd": 0})

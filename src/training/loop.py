@@ -16,7 +16,7 @@ def _check_finite(loss, step, image_ids):
     # checked one step late, so the GPU is never waited for on the step that produced it
     if loss is not None and not math.isfinite(loss.item()):
         raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at iteration {step}, "
-                                 f"images {image_ids}: stopping; the last checkpoint is kept")
+                                 f"images {image_ids}: stopping")
 
 
 @dataclass

@@ -13,6 +13,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import socket
 import tempfile
 
@@ -110,6 +111,24 @@ def holds_our_outputs(folder: str) -> bool:
     return not names or any(n in (MANIFEST, LOCK_FILE) or n.startswith("events.out.tfevents.") for n in names)
 
 
+@contextlib.contextmanager
+def folder_kept_only_if_used(folder: str):
+    """Make ``folder`` (and its missing parents) for the body of the ``with``; if the body fails,
+    remove again those of them it made that are still empty (a failed download leaves none)."""
+    made, path = [], os.path.abspath(folder)
+    while not os.path.exists(path):
+        made.append(path)
+        path = os.path.dirname(path)
+    os.makedirs(folder, exist_ok=True)
+    try:
+        yield folder
+    except BaseException:
+        for path in made:  # deepest first
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only when empty
+        raise
+
+
 class OutputGuard:
     """The output checks of one command.
 
@@ -122,6 +141,15 @@ class OutputGuard:
         self.add_inputs(inputs)
         self._writable = set()
         self._claimed = {}  # real path -> the path as given, over every call of files()
+        self._to_make = []  # folders checked writable, made by claim()
+        self.created = []  # the top folders that claim() made
+
+    def remove_empty_created(self):
+        """Remove the folders :meth:`claim` made that hold no file but a training lock: what a
+        command that failed before writing anything would otherwise leave behind."""
+        for top in reversed(self.created):
+            if os.path.isdir(top) and all(f == LOCK_FILE for _, _, files in os.walk(top) for f in files):
+                shutil.rmtree(top, ignore_errors=True)
 
     def add_inputs(self, paths):
         """More files or folders the command reads (known only once an annotation file is read);
@@ -132,7 +160,8 @@ class OutputGuard:
                 self.inputs.setdefault(key, path)
 
     def folder(self, path: str, what: str = "output folder") -> str:
-        """Create ``path`` if needed and try writing in it; it must not be a folder the command reads."""
+        """``path`` can be written in (made by :meth:`claim` if missing); it must not be a folder the
+        command reads."""
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{what} {path} is a file, not a folder")
         source = self.inputs.get(identity(path))
@@ -143,6 +172,8 @@ class OutputGuard:
         return path
 
     def _try_writing(self, path, what):
+        """``path`` is a folder that is, or can be made, writable; a missing one is made by
+        :meth:`claim`, so that checks write nothing."""
         real = _location(path)
         if real in self._writable:
             return
@@ -152,12 +183,14 @@ class OutputGuard:
         if not os.path.isdir(existing):
             raise UserError(f"{what} {path}: {existing} is a file, not a folder")
         try:
-            os.makedirs(real, exist_ok=True)
-            with tempfile.TemporaryFile(dir=real):
+            with tempfile.TemporaryFile(dir=existing):
                 pass
         except OSError as e:
-            raise UserError(f"cannot write in {what} {path} ({e.strerror or e})") from None
+            where = "" if existing == real else f" (its nearest existing folder is {existing})"
+            raise UserError(f"cannot write in {what} {path}{where}: {e.strerror or e}") from None
         self._writable.add(real)
+        if existing != real:
+            self._to_make.append(real)
 
     def files(self, paths: list[str], what: str = "output") -> list[str]:
         """Check output files before the work: none is a folder, an input, a file we did not
@@ -173,8 +206,20 @@ class OutputGuard:
         return paths
 
     def claim(self):
-        """Once every check has passed, just before the work: mark the checked files as being
-        written, so that one a killed run left half-written is still ours to replace."""
+        """Once every check has passed, just before the work: make the missing folders, and mark
+        the checked files as being written, so that one a killed run left half-written is still
+        ours to replace."""
+        for folder in self._to_make:
+            top = folder
+            while not os.path.exists(os.path.dirname(top)):
+                top = os.path.dirname(top)
+            if not os.path.exists(top):
+                self.created.append(top)
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as e:
+                raise UserError(f"cannot make the folder {folder} ({e.strerror or e})") from None
+        self._to_make = []
         by_folder = {}
         for real in self._claimed:
             by_folder.setdefault(os.path.dirname(real), {})[os.path.basename(real)] = {"pending": True}
