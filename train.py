@@ -96,7 +96,9 @@ def get_args_parser():
                    help="for 32 images a step; scaled by the global batch")
     p.add_argument("--momentum", type=sgd_momentum, default=0.9, help="SGD momentum, in [0, 1)")
     p.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="on conv weights, not on BN or biases")
-    p.add_argument("--warmup", type=non_negative_int, default=300, help="iterations of linear warm-up")
+    p.add_argument("--warmup", type=warmup_length, default="auto",
+                   help="iterations of linear warm-up; auto: NVIDIA's 300, or 5%% of the run's iterations when "
+                        "that is fewer (a short run on a small set is not spent warming up)")
     p.add_argument("--zoom-out", type=zoom_factor, default=1.0,
                    help="largest zoom-out (expand) of the augmentation, e.g. 4 (the paper's, for small objects, "
                         "with a longer schedule); 1 turns it off")
@@ -159,7 +161,7 @@ def main(args):
         trained = distribute(model, args, world_size, device)  # what the steps run: DDP and/or compiled
         criterion = MultiBoxLoss(BoxCoder.for_spec(model.spec, device), empty_negatives=args.empty_negatives)
         postprocess = Postprocessor.for_spec(model.spec, device, nms_threshold=args.nms_threshold)
-        writer = start_logging(args, train_set, val_set, world_size, step, point)
+        writer = start_logging(args, train_set, val_set, world_size, step, point, len(loader))
         stopper = GracefulStop().install()
         for epoch in range(point.epoch, args.epochs):
             totals = begin_epoch(point, epoch, sampler, args.batch_size, args.seed, rank)
@@ -335,12 +337,25 @@ def build_val_loader(args, val_set, rank: int, world_size: int, device):
     return eval_loader(val_set, args.batch_size, args.num_workers, rank, world_size, pin_memory=device.type == "cuda")
 
 
+def warmup_length(text: str):
+    """argparse type of --warmup: "auto" or a number of iterations."""
+    return text if text == "auto" else non_negative_int(text)
+
+
+def warmup_iterations(args, iters_per_epoch: int) -> int:
+    """--warmup, or for "auto" NVIDIA's 300 iterations bounded by 5% of the run's."""
+    if args.warmup != "auto":
+        return args.warmup
+    return min(300, max(1, round(0.05 * iters_per_epoch * args.epochs)))
+
+
 def build_step(args, model, iters_per_epoch: int, world_size: int, device) -> Step:
     """SGD (the lr scaled to the global batch), warm-up and drops, the AMP scaler: one training step."""
     lr = scaled_lr(args.lr, args.batch_size, world_size)
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay, args.decay_all), lr=lr, momentum=args.momentum,
                                 nesterov=args.nesterov and args.momentum > 0)
-    return Step(optimizer, warmup_multistep(optimizer, iters_per_epoch, args.warmup, args.multistep), device,
+    warmup = warmup_iterations(args, iters_per_epoch)
+    return Step(optimizer, warmup_multistep(optimizer, iters_per_epoch, warmup, args.multistep), device,
                 scaler=torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None,
                 amp=args.amp, channels_last=args.channels_last, max_bad_share=args.max_bad_images)
 
@@ -390,7 +405,8 @@ def save_stop(args, model, step: Step, data, log: TrainingLog, epoch: int, total
               f"saved {checkpoint_path(args)}. Run the same command to continue.")
 
 
-def start_logging(args, train_set, val_set, world_size, step: Step, point) -> SummaryWriter | None:
+def start_logging(args, train_set, val_set, world_size, step: Step, point,
+                  iters_per_epoch: int) -> SummaryWriter | None:
     """The run's first lines, and its TensorBoard writer (on the main process only)."""
     if not is_main_process():
         return None
@@ -401,8 +417,9 @@ def start_logging(args, train_set, val_set, world_size, step: Step, point) -> Su
         done = f", {point.progress.batches} iterations into epoch {point.epoch + 1}" if point.progress else ""
         print(f"Resuming from {checkpoint_path(args)}: {point.epoch} epochs done{done}")
     print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "
-          f"images, {world_size} process(es) on {step.device.type}, lr {step.optimizer.param_groups[0]['lr']:g}, "
-          f"TensorBoard in {log_dir(args)}")
+          f"images, {world_size} process(es) on {step.device.type}, lr {step.lr_scheduler.base_lrs[0]:g} "
+          f"({args.lr:g} for 32 images a step) after {warmup_iterations(args, iters_per_epoch)} "
+          f"iterations of warm-up, TensorBoard in {log_dir(args)}")
     return SummaryWriter(log_dir(args), purge_step=step.lr_scheduler.last_epoch or None)
 
 
@@ -414,7 +431,7 @@ def finish_logging(writer, args, log: TrainingLog, world_size: int, trained: boo
     last = log.history[-1] if log.history else {}
     if trained and last.get("epoch") == args.epochs and "AP" in last:
         hparams = {"model": args.model, "batch_size": args.batch_size, "world_size": world_size, "lr": args.lr,
-                   "epochs": args.epochs, "warmup": args.warmup, "weight_decay": args.weight_decay,
+                   "epochs": args.epochs, "warmup": str(args.warmup), "weight_decay": args.weight_decay,
                    "amp": args.amp, "zoom_out": args.zoom_out, "pretrained_backbone": not args.no_pretrained_backbone,
                    "finetune_from": str(args.finetune_from)}
         writer.add_hparams(hparams, {"hparam/AP": last["AP"], "hparam/AP50": last["AP50"],

@@ -43,9 +43,21 @@ def test_training_recipe_defaults_are_nvidias():
     """NVIDIA's SSD300 v1.1 (its README and main.py): 65 epochs, lr 2.6e-3 per 32 images, 300 warm-up
     iterations, drops after epochs 43 and 54, momentum 0.9, weight decay 5e-4, batch 32."""
     args = train.get_args_parser().parse_args([])
-    assert (args.epochs, args.lr, args.warmup, args.multistep, args.momentum, args.weight_decay, args.batch_size) \
-        == (65, 2.6e-3, 300, [43, 54], 0.9, 5e-4, 32)
+    coco_iters = 117266 // 32  # COCO 2017 train images with annotations, batch 32
+    assert (args.epochs, args.lr, train.warmup_iterations(args, coco_iters), args.multistep, args.momentum,
+            args.weight_decay, args.batch_size) == (65, 2.6e-3, 300, [43, 54], 0.9, 5e-4, 32)
     assert args.nms_threshold == 0.5 and args.zoom_out == 1.0 and args.crop == "nvidia"
+
+
+def test_warm_up_fits_a_short_run_on_a_small_set():
+    """5% of the run's iterations when that is under NVIDIA's 300: 200 images at batch 8 for 65
+    epochs is 1625 iterations, 81 of them warming up (not 300, twelve epochs); --warmup N is N."""
+    args = train.get_args_parser().parse_args([])
+    assert train.warmup_iterations(args, 25) == 81
+    assert train.warmup_iterations(args, 1) == 3 and train.warmup_iterations(args, 92) == 299
+    args = train.get_args_parser().parse_args(["--epochs", "1"])
+    assert train.warmup_iterations(args, 10) == 1  # never 0 by the rule: the first step is not at full rate
+    assert train.warmup_iterations(train.get_args_parser().parse_args(["--warmup", "500"]), 25) == 500
 
 
 def test_learning_rate_scales_with_the_global_batch():

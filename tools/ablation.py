@@ -45,6 +45,8 @@ ROWS = {  # name: train.py flags
     "photometric-0.5": ["--photometric", "0.5"],
     "photometric-0": ["--photometric", "0"],
     "detach-first-map": ["--detach-first-map"],
+    "warmup-300": ["--warmup", "300"],  # the default before issue 27: longer than this whole run
+    "warmup-auto": ["--warmup", "auto"],  # today's default: 5% of the run (10 iterations here)
 }
 
 
