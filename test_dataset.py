@@ -110,8 +110,15 @@ def has_ground_truth(dataset, args) -> bool:
 
 
 def picture_paths(dataset, folder) -> dict:
-    """image id -> its picture in ``folder``, at the image's own relative path (names stay unique)."""
-    return {i: os.path.join(folder, dataset.coco.imgs[i]["file_name"]) for i in dataset.ids}
+    """image id -> its picture in ``folder``, at the image's own relative path (names stay
+    unique), always inside ``folder``: a ``..`` step of a file name becomes a folder ``__up__``
+    and a leading ``/`` is dropped."""
+    return {i: os.path.join(folder, inside(dataset.coco.imgs[i]["file_name"])) for i in dataset.ids}
+
+
+def inside(name: str) -> str:
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    return os.path.join(*["__up__" if p == ".." else p for p in parts])
 
 
 def render(dataset, results, ids, names, pictures, min_score, rank, world_size) -> list[str]:

@@ -219,6 +219,8 @@ CASES = [
      "is an input"),
     ("image-output-hard-link-to-input", "test_image.py", [*IMAGE, "--output", "{box}/hard.jpg"], hard_link_to_photo,
      1, "is an input"),
+    ("image-output-onto-the-photo-through-a-missing-folder", "test_image.py",
+     [*IMAGE, "--output", "{box}/nodir/../photo.jpg"], None, 1, "is an input"),
     ("image-json-onto-the-checkpoint", "test_image.py", [*IMAGE, "--json", "{box}/ckpt.pth"], None, 1,
      "is an input"),
     ("image-json-onto-a-user-file", "test_image.py", [*IMAGE, "--json", "{box}/notes.json"], None, 1,
@@ -547,3 +549,24 @@ def test_an_offline_first_run_leaves_no_folder_or_lock(sandbox, monkeypatch, cap
                       monkeypatch) == 1
     assert "could not download" in capfd.readouterr().err
     assert new_files(before, sandbox) == []  # no empty torch_home/hub/checkpoints either
+
+
+def test_pictures_of_images_named_with_parent_steps_stay_in_the_output_folder(sandbox, monkeypatch, capfd):
+    """A COCO file_name '../other/x.jpg' is a real image outside the image folder: its picture goes
+    to <output>/__up__/other/x.jpg, not onto the image (nor anywhere outside --output)."""
+    val = sandbox / "toy" / "val2017"
+    first = sorted(os.listdir(val))[0]
+    (sandbox / "toy" / "other").mkdir()
+    shutil.move(val / first, sandbox / "toy" / "other" / first)
+
+    def point_outside(data):
+        next(im for im in data["images"] if im["file_name"] == first)["file_name"] = f"../other/{first}"
+    edit_json(VAL, point_outside)(sandbox)
+    before = hashes(sandbox)
+    out = sandbox / "toy" / "preds"  # a new folder inside the dataset, as the sweep had it
+    argv = [a.replace("{box}", str(sandbox)) for a in DATASET] + ["--output", str(out)]
+    assert run_script("test_dataset.py", argv, monkeypatch) == 0, capfd.readouterr().err
+    after = hashes(sandbox)
+    assert {k: after.get(k) for k in before} == before  # the image outside is untouched
+    assert (out / "__up__" / "other" / first).is_file()
+    assert all(k.startswith(os.path.join("toy", "preds")) for k in set(after) - set(before))

@@ -59,6 +59,34 @@ def test_a_failed_download_leaves_no_folder_it_made(tmp_path):
     assert (tmp_path / "hub" / "cache" / "checkpoints").is_dir()  # kept when the body succeeds
 
 
+def test_an_output_through_a_missing_folder_is_checked_where_it_lands(tmp_path):
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"mine")
+    with pytest.raises(UserError, match="is an input"):
+        OutputGuard([str(photo)]).file(str(tmp_path / "nodir" / ".." / "photo.jpg"))
+    with pytest.raises(UserError, match="not written by this project"):
+        OutputGuard().file(str(tmp_path / "nodir" / ".." / "photo.jpg"))
+    guard = OutputGuard()
+    out = tmp_path / "new" / ".." / "out" / "a.json"
+    guard.file(str(out))
+    guard.claim()  # makes new/ and out/, as the kernel needs them to open the path as given
+    out.write_text("[]")
+    assert (tmp_path / "out" / "a.json").read_text() == "[]"
+    assert sorted(guard.created) == [str(tmp_path / "new"), str(tmp_path / "out")]
+
+
+def test_a_pending_claim_does_not_take_a_file_older_than_itself(tmp_path):
+    """A run that claimed a name and died before writing it must not make a user's file of that
+    name, older than the claim, look like ours."""
+    out = tmp_path / "a.jpg"
+    out.write_bytes(b"user's")
+    os.utime(out, ns=(1_000_000_000, 1_000_000_000))  # long before
+    (tmp_path / MANIFEST).write_text('{"files": {"a.jpg": {"pending": true, "since_ns": 1500000000000000000}}}')
+    assert not written_by_us(str(out))
+    os.utime(out)  # written now, after the claim: a killed run's half-written file
+    assert written_by_us(str(out))
+
+
 def test_inputs_are_caught_through_symlinks_and_hard_links(tmp_path):
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(b"x")

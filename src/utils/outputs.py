@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 
 from src.utils.errors import UserError
 
@@ -85,9 +86,23 @@ def _stamp(path: str) -> dict:
 
 
 def _location(path: str) -> str:
-    """Where an output's name lives: its folder resolved, the name itself not (a link we made is
-    recorded as the link, in our folder, not as what it points to)."""
-    return os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))), os.path.basename(path))
+    """Where an output's name lives: its folder resolved as the kernel will once the missing
+    folders are made (``new/../photo.jpg`` is ``photo.jpg``; a link followed before its ``..``),
+    the name itself not (a link we made is recorded as the link, in our folder, not as what it
+    points to)."""
+    return os.path.join(os.path.realpath(os.path.dirname(path) or "."), os.path.basename(path))
+
+
+def _folders_to_make(path: str) -> list[str]:
+    """The real paths of the folders ``os.makedirs(path)`` would make, outermost first (a
+    ``missing/..`` step makes ``missing`` and comes back: only ``missing`` is new)."""
+    parts = os.path.join(os.getcwd(), path).split(os.sep)  # as given: no '..' folded away
+    made = []
+    for i in range(2, len(parts) + 1):
+        real = os.path.realpath(os.sep.join(parts[:i]))
+        if not os.path.exists(real) and real not in made:
+            made.append(real)
+    return made
 
 
 def written_by_us(path: str) -> bool:
@@ -97,7 +112,9 @@ def written_by_us(path: str) -> bool:
     entry = _read_manifest(os.path.dirname(real)).get(os.path.basename(real))
     if not isinstance(entry, dict) or not os.path.isfile(real):
         return False
-    return bool(entry.get("pending")) or entry == _stamp(real)
+    if entry.get("pending"):  # set out to write: ours if written since (a killed run's half-written file)
+        return os.stat(real).st_mtime_ns >= entry.get("since_ns", 0)
+    return entry == _stamp(real)
 
 
 def holds_our_outputs(folder: str) -> bool:
@@ -164,7 +181,7 @@ class OutputGuard:
         command reads."""
         if os.path.exists(path) and not os.path.isdir(path):
             raise UserError(f"{what} {path} is a file, not a folder")
-        source = self.inputs.get(identity(path))
+        source = self.inputs.get(identity(os.path.realpath(path)))
         if source is not None:
             same = "" if os.path.abspath(source) == os.path.abspath(path) else f" ({source})"
             raise UserError(f"{what} {path} is a folder this command reads{same}: choose another folder")
@@ -174,7 +191,7 @@ class OutputGuard:
     def _try_writing(self, path, what):
         """``path`` is a folder that is, or can be made, writable; a missing one is made by
         :meth:`claim`, so that checks write nothing."""
-        real = _location(path)
+        real = os.path.realpath(path)
         if real in self._writable:
             return
         existing = real
@@ -189,8 +206,8 @@ class OutputGuard:
             where = "" if existing == real else f" (its nearest existing folder is {existing})"
             raise UserError(f"cannot write in {what} {path}{where}: {e.strerror or e}") from None
         self._writable.add(real)
-        if existing != real:
-            self._to_make.append(real)
+        if not os.path.isdir(path):
+            self._to_make.append(path)
 
     def files(self, paths: list[str], what: str = "output") -> list[str]:
         """Check output files before the work: none is a folder, an input, a file we did not
@@ -210,19 +227,18 @@ class OutputGuard:
         the checked files as being written, so that one a killed run left half-written is still
         ours to replace."""
         for folder in self._to_make:
-            top = folder
-            while not os.path.exists(os.path.dirname(top)):
-                top = os.path.dirname(top)
-            if not os.path.exists(top):
-                self.created.append(top)
+            new = _folders_to_make(folder)
+            self.created += [f for f in new if os.path.dirname(f) not in new]  # the outermost ones
             try:
                 os.makedirs(folder, exist_ok=True)
             except OSError as e:
                 raise UserError(f"cannot make the folder {folder} ({e.strerror or e})") from None
         self._to_make = []
+        since = time.time_ns() - 2_000_000_000  # file times are coarser than the clock
         by_folder = {}
         for real in self._claimed:
-            by_folder.setdefault(os.path.dirname(real), {})[os.path.basename(real)] = {"pending": True}
+            by_folder.setdefault(os.path.dirname(real), {})[os.path.basename(real)] = {"pending": True,
+                                                                                      "since_ns": since}
         for folder, entries in by_folder.items():
             _update_manifest(folder, entries)
 
@@ -233,16 +249,17 @@ class OutputGuard:
     def _check_one(self, path, what):
         if os.path.basename(path) == MANIFEST:
             raise UserError(f"{what} {path}: {MANIFEST} is this project's record of what it wrote")
-        if os.path.isdir(path):
+        where = _location(path)  # what the kernel will open, once the missing folders are made
+        if os.path.isdir(where):
             raise UserError(f"{what} {path} is a folder: give a file name")
-        source = self.inputs.get(identity(path))
+        source = self.inputs.get(identity(where))
         if source is not None:
             same = "" if os.path.abspath(source) == os.path.abspath(path) else f" ({source})"
             raise UserError(f"{what} {path} is an input of this command{same}: it would be overwritten")
-        if os.path.lexists(path) and not written_by_us(path):
+        if os.path.lexists(where) and not written_by_us(path):
             raise UserError(f"{what} {path} exists and was not written by this project (or was changed "
                             "since): move it away or choose another name")
-        self._try_writing(os.path.dirname(_location(path)), f"the folder of {what}")
+        self._try_writing(os.path.dirname(path) or ".", f"the folder of {what}")
 
     @staticmethod
     def record(paths: list[str]):
