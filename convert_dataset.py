@@ -35,7 +35,7 @@ def main(args):
     splits = args.splits or list(DEFAULT_SPLITS[args.source_format])
     guard = OutputGuard(dataset_folders(args.data_path))
     guard.folder(args.output, "--output")
-    sources = [source(args.data_path, split, args.source_format) for split in splits]
+    sources = [source(args.data_path, split, args.source_format, "--splits") for split in splits]
     data = [read_source(s) for s in sources]  # read and checked before anything is written
     images = {split: [os.path.join(args.output, f"{split}2017", im["file_name"]) for im in d["images"]]
               for split, d in zip(splits, data)}

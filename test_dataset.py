@@ -23,7 +23,7 @@ from src.cli import (
     positive_int,
     run_cli,
 )
-from src.data.dataset import dataset_from, eval_loader, read_rgb
+from src.data.dataset import dataset_from, eval_loader
 from src.data.formats import DEFAULT_SPLITS, FORMATS, Source, dataset_folders, detect_format, source, splits_of
 from src.data.transforms import val_transforms
 from src.evaluation.evaluate import eval_batch_size, evaluate
@@ -130,7 +130,7 @@ def render(dataset, results, ids, names, pictures, min_score, rank, world_size) 
     written = []
     for image_id in dataset.ids[rank::world_size]:
         try:
-            image = read_rgb(dataset.image_path(image_id)).permute(1, 2, 0).numpy()[..., ::-1]  # BGR (H, W, 3)
+            image = dataset.read_image(image_id)[0].permute(1, 2, 0).numpy()[..., ::-1]  # BGR (H, W, 3)
         except ImageReadError as e:
             print(f"warning: not drawn: {e}", file=sys.stderr)
             continue
@@ -151,7 +151,7 @@ def write(args, evaluation, dataset, results, guard):
 
     def read_bgr(image_id):
         try:
-            return np.ascontiguousarray(read_rgb(dataset.image_path(image_id)).permute(1, 2, 0).numpy()[..., ::-1])
+            return np.ascontiguousarray(dataset.read_image(image_id)[0].permute(1, 2, 0).numpy()[..., ::-1])
         except ImageReadError:
             return None
     guard.record(write_report(args.report, report, dataset, results, read_bgr))

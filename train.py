@@ -275,6 +275,12 @@ def build_datasets(args, world_size: int):
     if len(train) < args.batch_size * world_size:
         raise DatasetError(f"{len(train)} training images are fewer than one global batch "
                            f"({args.batch_size} x {world_size}): lower --batch-size")
+    beyond = [m for m in args.multistep if m >= args.epochs]
+    if beyond and is_main_process():
+        never = "it never drops" if len(beyond) == len(args.multistep) else "not all of them happen"
+        print(f"warning: the learning rate drops after epoch(s) {', '.join(map(str, beyond))} (--multistep) lie "
+              f"beyond this {args.epochs}-epoch run: {never}; set --multistep to drop within the run",
+              file=sys.stderr)
     if val.report.boxes == 0 and args.eval_every:
         args.eval_every = 0  # COCO's twelve -1 every epoch would look like a score
         val.warnings.append(f"{val.annotation_file} has no ground-truth box: nothing to score, so no evaluation")

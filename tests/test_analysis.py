@@ -97,6 +97,23 @@ def test_no_detections_misses_everything(val):
     assert set(errors["dAP"]) == set(ERROR_TYPES)
 
 
+def test_without_detections_what_has_no_objects_is_undefined_not_zero(val, tmp_path):
+    """No detection at all: AP 0 where there are objects to find, as COCOeval gives; -1 (and no
+    per-class AP) where there are none, as with detections."""
+    data = dict(val.coco.dataset)
+    data["categories"] = data["categories"] + [{"id": 77, "name": "unseen"}]
+    path = tmp_path / "extra.json"
+    path.write_text(json.dumps(data))
+    extended = CocoDetection(val.image_dir, str(path))
+    empty = coco_evaluate(extended.coco, [], verbose=False)
+    some = coco_evaluate(extended.coco, noisy_detections(extended, seed=2), verbose=False)
+    assert empty.stats["AP"] == 0.0
+    assert {k for k, v in empty.stats.items() if v == -1} == {k for k, v in some.stats.items() if v == -1}
+    k = extended.category_ids.index(77)
+    assert empty.class_ap(k) is None and some.class_ap(k) is None
+    assert empty.class_ap(extended.category_ids.index(extended.coco.dataset["annotations"][0]["category_id"])) == 0.0
+
+
 def noisy_detections(dataset, seed=0):
     g = torch.Generator().manual_seed(seed)
     results = []

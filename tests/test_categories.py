@@ -157,3 +157,12 @@ def test_image_annotations_of_other_names_are_refused(toy_root, checkpoint, tmp_
     err = capsys.readouterr().err
     assert code == 1 and "not trained on: 'star'" in err, err
     assert not (tmp_path / "out.jpg").exists()
+
+
+def test_a_name_given_to_two_categories_is_refused_unless_both_sides_are_the_same():
+    twice = ([1, 2, 3], ["circle", "circle", "cross"])
+    assert match_by_name(twice, cats(*twice)) == ([1, 2, 3], [])  # train and val of one file: no matching
+    with pytest.raises(DatasetError, match="x.json names two categories 'circle': .* rename one"):
+        match_by_name(MODEL, cats(*twice))
+    with pytest.raises(DatasetError, match="the model names two categories 'circle'"):
+        match_by_name(twice, cats([1, 2], ["circle", "cross"]))

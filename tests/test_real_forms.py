@@ -174,3 +174,76 @@ def test_degenerate_and_out_of_image_boxes_name_their_file(voc_root, toy_root, t
     warnings = " ".join(dataset_from(Source(coco_paths(toy_root, "val")[1], data, "x.json")).warnings)
     assert f"1 boxes reach outside their image and are clipped to it (first: annotation " \
            f"{data['annotations'][0]['id']} of {image}" in warnings
+
+
+def test_a_yolo_image_turned_by_exif_is_read_upright_as_its_labels_are(tmp_path):
+    """Ultralytics labels the upright view: a phone photo stored upside down (EXIF orientation 3)
+    must be read turned, although its stored size is the same."""
+    import numpy as np
+    from PIL import Image
+    upright = np.zeros((60, 80, 3), np.uint8)
+    upright[:20, :20] = 255  # a white square at the top left of the upright view
+    root = tmp_path / "yolo"
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "labels" / "train").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # stored turned by 180 degrees
+    Image.fromarray(upright[::-1, ::-1].copy()).save(root / "images" / "train" / "a.jpg", exif=exif, quality=95)
+    (root / "labels" / "train" / "a.txt").write_text("0 0.125 0.1667 0.25 0.3333\n")  # the square, upright
+    (root / "data.yaml").write_text("train: images/train\nval: images/train\nnames: [square]\n")
+    data = dataset_from(source(str(root), "train"))
+    image, resized = data.read_image(data.ids[0])
+    assert not resized and image.shape == (3, 60, 80)
+    assert image[:, :20, :20].float().mean() > 200 and image[:, -20:, -20:].float().mean() < 50
+    box = data.coco.imgToAnns[data.ids[0]][0]["bbox"]
+    assert box == pytest.approx([0, 0, 20, 20], abs=0.1)  # on the white square of what is read
+
+
+def test_an_annotation_listed_twice_is_dropped_with_a_warning(toy_root):
+    """Two identical ground-truth boxes are two objects to COCOeval: a perfect detector would score
+    AP 0.5. The repeat is dropped and said."""
+    data = json.loads(open(coco_paths(toy_root, "val")[0]).read())
+    count = len(data["annotations"])
+    data["annotations"] += [{**a, "id": 1000 + i} for i, a in enumerate(data["annotations"])]
+    dataset = dataset_from(Source(coco_paths(toy_root, "val")[1], data, "x.json"))
+    assert len(dataset.coco.dataset["annotations"]) == count
+    warning = " ".join(dataset.warnings)
+    assert f"{count} annotations repeat another of the same image, category and box and are dropped" in warning
+    assert "first: annotation 1000 of" in warning
+
+
+def test_a_voc_image_renamed_without_its_xml_is_found_by_the_xml_name(voc_root, tmp_path):
+    root = tmp_path / "voc"
+    shutil.copytree(voc_root, root)
+    xml = sorted((root / "Annotations").iterdir())[0]
+    xml.write_text(xml.read_text().replace(f"<filename>{xml.stem}.jpg</filename>",
+                                           "<filename>IMG_0001.JPG</filename>"))  # the camera's old name
+    data = dataset_from(source(str(root), "trainval"))
+    assert not data.warnings and len(data) == 12
+    assert boxes(data) == boxes(dataset_from(source(str(voc_root), "trainval")))
+
+
+def test_a_bad_image_size_names_the_file(voc_root, tmp_path):
+    root = tmp_path / "voc"
+    shutil.copytree(voc_root, root)
+    xml = sorted((root / "Annotations").iterdir())[0]
+    text = xml.read_text()
+    xml.write_text(text[:text.index("<width>") + 7] + "0" + text[text.index("</width>"):])
+    with pytest.raises(DatasetError, match=f"not a positive number \\(first: image id 1, {xml}\\)"):
+        dataset_from(source(str(root), "trainval"))
+
+
+def test_an_annotation_file_given_as_the_dataset_names_the_options(toy_root):
+    with pytest.raises(DatasetError, match="is an annotation file, not a dataset folder: .* --annotations FILE "
+                                           "--images FOLDER"):
+        source(coco_paths(toy_root, "val")[0], "val")
+
+
+def test_a_run_shorter_than_its_learning_rate_drops_says_so(toy_root, capsys):
+    args = train.get_args_parser().parse_args(["--data-path", toy_root, "--batch-size", "2", "--epochs", "50"])
+    train.build_datasets(args, world_size=1)
+    assert "drops after epoch(s) 54 (--multistep) lie beyond this 50-epoch run: not all of them happen" in \
+        capsys.readouterr().err
+    args = train.get_args_parser().parse_args(["--data-path", toy_root, "--batch-size", "2", "--multistep", "1"])
+    train.build_datasets(args, world_size=1)
+    assert "--multistep" not in capsys.readouterr().err

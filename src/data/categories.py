@@ -100,6 +100,13 @@ def match_by_name(model: tuple[list, list], dataset: DatasetCategories):
     :raises DatasetError: when a scored category of the dataset is not one of the model's, or
         none of the model's is one of the dataset's
     """
+    if (list(model[0]), list(model[1])) == (list(dataset.ids), list(dataset.names)):
+        return list(model[0]), []  # the same categories: nothing to match, even with names that repeat
+    for names, where in ((dataset.names, dataset.where), (model[1], "the model")):
+        repeated = sorted({str(n) for n in names if list(map(str, names)).count(str(n)) > 1})
+        if repeated:
+            raise DatasetError(f"{where} names two categories '{repeated[0]}': categories are matched by name, so "
+                               "each name must be one category's; rename one")
     named = [(i, n) for i, n in zip(dataset.ids, dataset.names) if i not in dataset.unnamed]
     key = name_key
     if len({key(n) for _, n in named}) != len(named) or len({key(n) for n in model[1]}) != len(model[1]):

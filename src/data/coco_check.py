@@ -23,6 +23,8 @@ class CocoReport:
     first_degenerate: str = ""  # where the first one is
     clipped: int = 0  # usable boxes reaching more than a pixel outside their image
     first_clipped: str = ""
+    duplicates: int = 0  # annotations repeating another's image, category, box and crowd flag: dropped
+    first_duplicate: str = ""
     filled_area: int = 0
     filled_iscrowd: int = 0
     filled_id: int = 0
@@ -35,6 +37,8 @@ class CocoReport:
                  f"to the image; first: {self.first_degenerate})" if self.degenerate else "",
                  f"{self.clipped} boxes reach outside their image and are clipped to it (first: {self.first_clipped})"
                  if self.clipped else "",
+                 f"{self.duplicates} annotations repeat another of the same image, category and box and are dropped "
+                 f"(each would be one more object to find; first: {self.first_duplicate})" if self.duplicates else "",
                  f"{self.filled_area} annotations without 'area' (set to the box area)" if self.filled_area else "",
                  f"{self.filled_iscrowd} annotations without 'iscrowd' (set to 0)" if self.filled_iscrowd else "",
                  f"{self.filled_id} annotations without 'id' (numbered)" if self.filled_id else "",
@@ -96,11 +100,12 @@ def _check_images(images, path) -> dict:
         name, a, b = repeated[0]
         _fail(path, len(repeated), "images list a 'file_name' listed before, so its objects would also be taught "
               "as background", f"{name}, image ids {a} and {b}")
-    bad_size = [im["id"] for im in images
+    bad_size = [im for im in images
                 if any(k in im and not (_is_number(im[k]) and im[k] > 0) for k in ("width", "height"))]
     if bad_size:
+        im = bad_size[0]
         _fail(path, len(bad_size), "images have a 'width' or 'height' that is not a positive number",
-              f"image id {bad_size[0]}")
+              f"image id {im['id']}, {im.get('annotation_source') or im['file_name']}")
     return {im["id"]: (im["width"], im["height"]) if "width" in im and "height" in im else None for im in images}
 
 
@@ -131,12 +136,22 @@ def _check_annotations(anns, sizes, category_ids, path, report, origins):
     if with_id:
         _unique_ints(with_id, "id", "annotations", path)
     next_id = max((a["id"] for a in with_id), default=0) + 1
+    seen, kept = set(), []
     for a in anns:
         _mend(a, report)
         if "id" not in a:
             a["id"], next_id = next_id, next_id + 1
             report.filled_id += 1
-        _count_box(a, sizes[a["image_id"]], report, f"annotation {a['id']} of {origins[a['image_id']]}")
+        where = f"annotation {a['id']} of {origins[a['image_id']]}"
+        key = (a["image_id"], a["category_id"], tuple(float(v) for v in a["bbox"]), bool(a["iscrowd"]))
+        if key in seen:
+            report.duplicates += 1
+            report.first_duplicate = report.first_duplicate or where
+            continue
+        seen.add(key)
+        kept.append(a)
+        _count_box(a, sizes[a["image_id"]], report, where)
+    anns[:] = kept
 
 
 def _mend(ann, report):

@@ -200,14 +200,15 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def read_image(self, image_id: int):
         """The image in the frame its boxes were drawn on: the stored pixels (COCO's rule), or the
-        pixels turned by their EXIF orientation when that is what makes the size agree with the
-        annotation file (tools that read phone photos upright write the turned size).
+        pixels turned by their EXIF orientation when the entry says so (``"upright": 1``: a YOLO
+        set's, whose labels are on the upright view) or when that is what makes the size agree
+        with the annotation file (tools that read phone photos upright write the turned size).
 
         :return: ``(image (3, H, W) uint8, resized)``: ``resized`` is True when the size still
             disagrees, so the boxes must be scaled from the annotated frame to this one
         """
         path = self.image_path(image_id)
-        image = read_rgb(path)
+        image = read_rgb(path, apply_exif=bool(self.coco.imgs[image_id].get("upright")))
         expected = self.annotated_size(image_id)
         if expected is None or tuple(image.shape[-2:]) == expected:
             return image, False

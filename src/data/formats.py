@@ -48,6 +48,9 @@ def detect_format(root: str) -> str:
     """Which layout ``root`` holds: "coco", "voc" or "yolo"."""
     if os.path.isfile(root) and root.endswith((".yaml", ".yml")):
         return "yolo"
+    if os.path.isfile(root) and root.endswith(".json"):
+        raise DatasetError(f"{root} is an annotation file, not a dataset folder: give the folder that holds "
+                           "annotations/, or (test_dataset.py) --annotations FILE --images FOLDER")
     if os.path.isdir(os.path.join(root, "annotations")):
         return "coco"
     if all(os.path.isdir(os.path.join(root, d)) for d in ("Annotations", "JPEGImages")):
@@ -151,10 +154,17 @@ def voc_source(root: str, split: str, flag: str = "--split") -> Source:
     (labelImg writes none)."""
     names = _voc_split_names(root, split, flag)
     parsed = [_read_voc_xml(os.path.join(root, "Annotations", f"{n}.xml")) for n in names]
+    folder = os.path.join(root, "JPEGImages")
+    stored = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    by_stem = {}
+    for f in stored:
+        if f.lower().endswith(IMAGE_EXTENSIONS):
+            by_stem.setdefault(os.path.splitext(f)[0], f)
+    stored = (set(stored), by_stem)
     classes, index = voc_classes(root, {obj[0] for _, _, objects in parsed for obj in objects})
     data = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)]}
     for image_id, (name, (file_name, (width, height), objects)) in enumerate(zip(names, parsed), start=1):
-        data["images"].append({"id": image_id, "file_name": file_name or f"{name}.jpg", "width": width,
+        data["images"].append({"id": image_id, "file_name": _voc_image_name(name, file_name, stored), "width": width,
                                "height": height,
                                "annotation_source": os.path.join(root, "Annotations", f"{name}.xml")})
         for cls, (x0, y0, x1, y1), difficult in objects:
@@ -163,6 +173,17 @@ def voc_source(root: str, split: str, flag: str = "--split") -> Source:
                                         "area": (x1 - x0) * (y1 - y0), "iscrowd": int(difficult),
                                         "difficult": int(difficult)})
     return Source(os.path.join(root, "JPEGImages"), data, f"{root} ({split})")
+
+
+def _voc_image_name(stem: str, file_name: str | None, stored: tuple[set, dict]) -> str:
+    """The image of ``<stem>.xml`` in JPEGImages/: its ``<filename>`` when that file is there, else
+    the file named as the XML (the devkit's rule: tools rename images without editing the XML).
+
+    :param stored: the names in JPEGImages/, and the first image file of each stem"""
+    names, by_stem = stored
+    if file_name and file_name in names:
+        return file_name
+    return by_stem.get(stem) or file_name or f"{stem}.jpg"
 
 
 def _voc_split_names(root: str, split: str, flag: str) -> list[str]:
@@ -248,10 +269,10 @@ def yolo_source(root: str, split: str, flag: str = "--split") -> Source:
     names, folder, images = _read_yolo_yaml(config, split, flag)
     data = {"images": [], "annotations": [], "categories": [{"id": i, "name": n} for i, n in enumerate(names)]}
     for image_id, rel in enumerate(images, start=1):
-        width, height = _upright_size(os.path.join(folder, rel))
+        view = _upright_view(os.path.join(folder, rel))
+        width, height = view.get("width", 0), view.get("height", 0)
         labels = _label_path(os.path.join(folder, rel))
-        data["images"].append({"id": image_id, "file_name": rel, "width": width, "height": height,
-                               "annotation_source": labels})
+        data["images"].append({"id": image_id, "file_name": rel, **view, "annotation_source": labels})
         for cls, (cx, cy, w, h) in _read_yolo_labels(labels, len(names), config):
             box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
             data["annotations"].append({"id": len(data["annotations"]) + 1, "image_id": image_id, "category_id": cls,
@@ -335,13 +356,18 @@ def _label_path(image_path: str) -> str:
     return os.path.splitext(f"{head}{os.sep}labels{os.sep}{tail}" if sep else image_path)[0] + ".txt"
 
 
-def _upright_size(path: str) -> tuple[int, int]:
-    """(width, height) of an image as its EXIF orientation shows it (YOLO labels are on that)."""
+def _upright_view(path: str) -> dict:
+    """The image entry's size as its EXIF orientation shows it (YOLO labels are on that view),
+    and ``"upright": 1`` when that differs from the stored pixels, so that the reader turns them;
+    nothing for a file PIL cannot open (the reader skips it as a bad image, with a warning)."""
     try:
         with Image.open(path) as image:
-            return ImageOps.exif_transpose(image).size if image.getexif().get(0x0112, 1) != 1 else image.size
+            if image.getexif().get(0x0112, 1) == 1:
+                return {"width": image.size[0], "height": image.size[1]}
+            width, height = ImageOps.exif_transpose(image).size
+            return {"width": width, "height": height, "upright": 1}
     except OSError:
-        return 0, 0  # unreadable: the reader skips it as a bad image
+        return {}
 
 
 def _read_yolo_labels(path: str, num_classes: int, config: str):

@@ -47,12 +47,13 @@ class Evaluation:
     category_ids: list
     precision: np.ndarray | None = None
     scores: np.ndarray | None = None
+    with_ground_truth: frozenset = frozenset()  # without detections: the categories with objects to find
 
     def class_ap(self, k: int, iou: int | None = None, area: int = 0) -> float | None:
         """AP of the k-th category (mean over IoU 0.5:0.95, or at IoU index ``iou``), as COCOeval
         computes it for that category alone; None when it has no ground truth."""
-        if self.precision is None:
-            return 0.0
+        if self.precision is None:  # nothing detected: 0 where there was something to find
+            return 0.0 if self.category_ids[k] in self.with_ground_truth else None
         p = self.precision[:, :, k, area, -1] if iou is None else self.precision[iou, :, k, area, -1]
         p = p[p > -1]
         return float(p.mean()) if p.size else None
@@ -69,12 +70,12 @@ def coco_evaluate(coco_gt: COCO, results: list[dict], verbose: bool = True, back
         numbers (all 0 when there is no detection)
     """
     category_ids = sorted(coco_gt.getCatIds())
+    image_ids = sorted(coco_gt.getImgIds() if image_ids is None else image_ids)
     if not results:
         if verbose:
-            print("No detections: every COCO stat is 0.")
-        return Evaluation(dict.fromkeys(STAT_NAMES, 0.0), category_ids)
+            print("No detections: AP and AR are 0 where there are objects to find (-1: none in that size range).")
+        return _without_detections(coco_gt, image_ids, category_ids)
     results = [dict(r) for r in results]  # loadRes adds keys to what it is given
-    image_ids = sorted(coco_gt.getImgIds() if image_ids is None else image_ids)
     if backend == "faster" or (backend == "auto" and _has_faster_coco_eval()):
         evaluator, summary = _faster_coco_eval(coco_gt, results, image_ids)
     else:
@@ -83,6 +84,23 @@ def coco_evaluate(coco_gt: COCO, results: list[dict], verbose: bool = True, back
         print(summary, end="")
     return Evaluation({name: float(v) for name, v in zip(STAT_NAMES, evaluator.stats[:12])},
                       [int(c) for c in evaluator.params.catIds], evaluator.eval["precision"], evaluator.eval["scores"])
+
+
+AREAS = {"": (0, 1e10), "small": (0, 32 ** 2), "medium": (32 ** 2, 96 ** 2), "large": (96 ** 2, 1e10)}  # COCOeval's
+
+
+def _without_detections(coco_gt, image_ids, category_ids) -> Evaluation:
+    """What COCOeval would say of no detection at all: 0 where there are objects (not crowd) in
+    a stat's size range, -1 (undefined) where there are none."""
+    images = set(image_ids)
+    areas = [a["area"] for a in coco_gt.dataset["annotations"] if a["image_id"] in images and not a.get("iscrowd")]
+    stats = {}
+    for name in STAT_NAMES:
+        low, high = AREAS[name.partition("_")[2]]
+        stats[name] = 0.0 if any(low <= area <= high for area in areas) else -1.0
+    found = frozenset(a["category_id"] for a in coco_gt.dataset["annotations"]
+                      if a["image_id"] in images and not a.get("iscrowd"))
+    return Evaluation(stats, category_ids, with_ground_truth=found)
 
 
 def _has_faster_coco_eval() -> bool:
