@@ -10,7 +10,6 @@ default boxes (B, 4, normalised cxcywh: centre x, centre y, width, height) go to
 scaled to [0, 1] and normalised with the ImageNet mean and std. Needs the onnx package
 (requirements-dev.txt).
 """
-import json
 import os
 import warnings
 
@@ -20,7 +19,9 @@ import torch
 from src.checkpoints.published import local_path
 from src.checkpoints.schema import load_model
 from src.cli import ArgumentParser, fraction, run_cli
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from src.inference.export import ExportableSSD
+from src.inference.runtime import metadata
 from src.models.postprocess import Postprocessor
 from src.models.specs import MODEL_NAMES
 from src.utils.errors import UserError
@@ -55,11 +56,10 @@ def export(module, path, decode, opset):
                           output_names=names, dynamic_axes={n: {0: "batch"} for n in ["images", *names]})
 
 
-def add_metadata(path, model_name, ids, names):
+def add_metadata(path, entries: dict):
     import onnx
     graph = onnx.load(path)
-    for key, value in {"model": model_name, "category_ids": json.dumps(ids),
-                       "category_names": json.dumps(names)}.items():
+    for key, value in entries.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(graph, path)
@@ -78,7 +78,11 @@ def main(args):
                                   num_labels=len(ids))
     module = ExportableSSD(model, post, decode=args.with_nms).eval()
     export(module, args.output, args.with_nms, args.opset)
-    add_metadata(args.output, model.spec.name, ids, names)
+    entries = metadata(model.spec.name, model.spec.fig_size, IMAGENET_MEAN, IMAGENET_STD, ids, names,
+                       post.score_threshold, post.nms_threshold, post.max_output)
+    if not args.with_nms:
+        entries["decoded"] = "0"
+    add_metadata(args.output, entries)
     guard.record([args.output])
     print(f"{args.output}: {model.spec.name}, {len(names)} classes, "
           f"{'boxes/labels/scores (decoded in the graph)' if args.with_nms else 'ploc/plabel'}")

@@ -29,7 +29,7 @@ from src.data.transforms import val_transforms
 from src.evaluation.evaluate import eval_batch_size, evaluate
 from src.evaluation.report import build, print_table, report_files, write_report
 from src.evaluation.voc_eval import voc_evaluate
-from src.inference.detector import Detections
+from src.inference.detections import Detections
 from src.inference.draw import draw_detections
 from src.models.postprocess import Postprocessor
 from src.utils.distributed import cleanup, init_distributed, is_main_process

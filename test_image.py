@@ -10,18 +10,18 @@ import sys
 
 import cv2
 
-from src.checkpoints.published import local_path
 from src.cli import (
     ArgumentParser,
     add_categories_arg,
     add_detector_args,
     categories_from_args,
     checkpoint_from_args,
+    detector_from_args,
+    input_path_of,
     positive_int,
     run_cli,
 )
-from src.data.dataset import read_rgb
-from src.inference.detector import Detector
+from src.data.images import read_image
 from src.inference.draw import draw_detections
 from src.utils.errors import ImageReadError, UserError
 from src.utils.outputs import OutputGuard, not_our_outputs
@@ -90,7 +90,7 @@ def read_batch(paths: list[str], single: bool):
     good = []
     for path in paths:
         try:
-            good.append((path, read_rgb(path, apply_exif=True)))
+            good.append((path, read_image(path, apply_exif=True)))
         except ImageReadError as e:
             if single:
                 raise
@@ -102,23 +102,21 @@ def main(args):
     inputs = list_inputs(args.input)
     checkpoint = checkpoint_from_args(args)
     categories = categories_from_args(args)
-    guard = OutputGuard([*inputs, local_path(checkpoint), args.annotations])
+    guard = OutputGuard([*inputs, input_path_of(checkpoint), args.annotations])
     outputs = output_paths(inputs, args.output)
     check_formats(outputs)
     guard.files(outputs, "--output")
     if args.json:
         guard.file(args.json, "--json")
     output_of = dict(zip(inputs, outputs))
-    detector = Detector.from_checkpoint(checkpoint, args.model, args.device, categories=categories,
-                                        cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
-                                        amp=args.amp)
+    detector = detector_from_args(args, checkpoint, categories)
     guard.claim()  # checked and loaded: nothing is written before this
     report = []
     for start in range(0, len(inputs), args.batch_size):
         batch = read_batch(inputs[start:start + args.batch_size], single=len(inputs) == 1)
         for (path, image), dets in zip(batch, detector([image for _, image in batch])):
             out = output_of[path]
-            if not cv2.imwrite(out, draw_detections(image.permute(1, 2, 0).numpy()[..., ::-1], dets)):
+            if not cv2.imwrite(out, draw_detections(image[..., ::-1], dets)):  # RGB -> BGR
                 raise UserError(f"could not write {out}")
             print(f"{path}: {len(dets.scores)} detections -> {out}")
             for d in dets.to_list():

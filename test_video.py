@@ -10,17 +10,17 @@ import time
 import cv2
 from tqdm import tqdm
 
-from src.checkpoints.published import local_path
 from src.cli import (
     ArgumentParser,
     add_categories_arg,
     add_detector_args,
     categories_from_args,
     checkpoint_from_args,
+    detector_from_args,
+    input_path_of,
     positive_int,
     run_cli,
 )
-from src.inference.detector import Detector, bgr_to_tensor
 from src.inference.draw import draw_detections
 from src.utils.errors import UserError
 from src.utils.outputs import OutputGuard
@@ -98,16 +98,14 @@ def main(args):
     check_input(args.input)
     checkpoint = checkpoint_from_args(args)
     categories = categories_from_args(args)
-    guard = OutputGuard([args.input, local_path(checkpoint), args.annotations])
+    guard = OutputGuard([args.input, input_path_of(checkpoint), args.annotations])
     out_path = guard.file(output_path(args), "--output")
     cap = open_reader(args.input)
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if fps and math.isfinite(fps) and fps > 0 else 25.0
     width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    detector = Detector.from_checkpoint(checkpoint, args.model, args.device, categories=categories,
-                                        cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
-                                        amp=args.amp)
+    detector = detector_from_args(args, checkpoint, categories)
     guard.claim()  # checked and loaded: nothing is written before this
     display = args.display and can_display()
     if args.display and not display:
@@ -117,7 +115,7 @@ def main(args):
     try:
         with tqdm(total=total, unit="frame", dynamic_ncols=True) as bar:
             while frames := read_frames(cap, args.batch_size):
-                for frame, dets in zip(frames, detector([bgr_to_tensor(f) for f in frames])):
+                for frame, dets in zip(frames, detector([cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames])):
                     drawn = draw_detections(frame, dets)
                     writer.write(drawn)
                     if display:

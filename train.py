@@ -47,7 +47,7 @@ from src.data.formats import DEFAULT_SPLITS, FORMATS, dataset_folders, detect_fo
 from src.data.transforms import train_transforms, val_transforms
 from src.evaluation.analysis import RECALL_THRESHOLDS
 from src.evaluation.evaluate import evaluate
-from src.inference.detector import Detections
+from src.inference.detections import Detections
 from src.models.box_coder import BoxCoder
 from src.models.loss import MultiBoxLoss
 from src.models.postprocess import Postprocessor

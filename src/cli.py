@@ -1,17 +1,20 @@
-"""What the command-line scripts share: detector flags, and errors as one line."""
+"""What the command-line scripts share: detector flags, and errors as one line.
+
+Imports nothing of torch at load: a script that runs an exported model never loads it.
+"""
 import argparse
 import math
 import os
 import sys
 
 import cv2
-import torch
 
-from src.checkpoints.published import PUBLISHED, local_path
 from src.data.categories import DatasetCategories
-from src.data.dataset import load_coco
+from src.inference.runtime import BACKENDS, is_exported
 from src.models.specs import MODEL_NAMES
 from src.utils.errors import UserError
+
+DEFAULT_NMS_THRESHOLD = 0.5
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -68,6 +71,7 @@ zoom_factor = _bounded_float(lambda v: v >= 1, "is below 1 (1 turns zoom-out off
 
 def device_name(text: str) -> str:
     """argparse type: ``cpu``, ``cuda`` or ``cuda:N``, and present on this machine."""
+    import torch
     try:
         dev = torch.device(text)
     except (RuntimeError, ValueError):
@@ -82,6 +86,7 @@ def device_name(text: str) -> str:
 
 
 def default_device() -> str:
+    import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -98,16 +103,43 @@ def _int_at_least(text, low):
 def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
     """Flags of every inference script (the original's underscore spellings work too)."""
     p.add_argument("--pretrained-model", "--pretrained_model", default=None,
-                   help="a checkpoint (ours, the original's SSD.pth or NVIDIA's), or 'original' / 'nvidia' "
-                        "for their published COCO weights (default trained_models/<model>.pth)")
+                   help="a checkpoint (ours, the original's SSD.pth or NVIDIA's), 'original' / 'nvidia' for their "
+                        "published COCO weights, or a model exported with export_onnx.py --with-nms (.onnx) "
+                        "(default trained_models/<model>.pth)")
     p.add_argument("--model", choices=MODEL_NAMES, default=None,
                    help="only needed when no checkpoint is given; read from the checkpoint otherwise")
+    p.add_argument("--backend", choices=["auto", *BACKENDS], default="auto",
+                   help="what runs the model: auto is PyTorch for a checkpoint, ONNX Runtime for an exported file; "
+                        "onnxruntime and openvino take an exported file")
     p.add_argument("--cls-threshold", "--cls_threshold", type=fraction, default=cls_threshold,
                    help="minimum score of a detection, in [0, 1]")
-    p.add_argument("--nms-threshold", "--nms_threshold", type=fraction, default=0.5,
-                   help="IoU above which NMS drops the lower-scored box, in [0, 1]")
-    p.add_argument("--device", type=device_name, default=default_device())
+    p.add_argument("--nms-threshold", "--nms_threshold", type=fraction, default=None,
+                   help=f"IoU above which NMS drops the lower-scored box, in [0, 1] (default "
+                        f"{DEFAULT_NMS_THRESHOLD}; an exported file's own)")
+    p.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: cuda when "
+                                                                    "there is a GPU); PyTorch only")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads of an ONNX Runtime or OpenVINO backend (default: theirs)")
+
+
+def backend_of(args) -> str:
+    """The backend that runs ``--pretrained-model``: "pytorch", "onnxruntime" or "openvino"."""
+    exported = bool(args.pretrained_model) and is_exported(args.pretrained_model)
+    backend = args.backend if args.backend != "auto" else "onnxruntime" if exported else "pytorch"
+    if backend == "pytorch" and exported:
+        raise UserError(f"{args.pretrained_model} is an exported model: run it with --backend onnxruntime or "
+                        "openvino (or give the checkpoint it came from)")
+    if backend != "pytorch" and not exported:
+        raise UserError(f"--backend {backend} runs a model exported with export_onnx.py --with-nms (.onnx); "
+                        f"{args.pretrained_model or 'the default checkpoint'} is a PyTorch checkpoint")
+    if backend != "pytorch" and (args.amp or args.device not in (None, "cpu")):
+        raise UserError(f"--amp and --device are PyTorch's: the {backend} backend runs on the CPU")
+    return backend
+
+
+def nms_threshold_of(args) -> float:
+    return DEFAULT_NMS_THRESHOLD if args.nms_threshold is None else args.nms_threshold
 
 
 def add_categories_arg(p: argparse.ArgumentParser):
@@ -122,16 +154,33 @@ def categories_from_args(args) -> DatasetCategories | None:
     """The categories of ``--annotations`` in id order, or None."""
     if not args.annotations:
         return None
+    from src.data.dataset import load_coco
     coco, report = load_coco(args.annotations)
     ids = sorted(coco.cats)
     return DatasetCategories(ids, [coco.cats[i]["name"] for i in ids], args.annotations,
                              unnamed=set(report.unnamed_ids))
 
 
+def input_path_of(checkpoint: str) -> str:
+    """The file on this machine a checkpoint argument reads (a published name: its cache path)."""
+    if is_exported(checkpoint):
+        return checkpoint
+    from src.checkpoints.published import local_path
+    return local_path(checkpoint)
+
+
 def checkpoint_from_args(args) -> str:
     """--pretrained-model (a path, or a published name, fetched when loaded), or the default
     trained_models/<model>.pth, or the one checkpoint found there."""
+    if args.pretrained_model and is_exported(args.pretrained_model):  # no torch on this path
+        path = args.pretrained_model
+        if os.path.isdir(path):
+            raise UserError(f"--pretrained-model {path} is a folder, not a model file")
+        if not os.path.exists(path):
+            raise UserError(f"exported model {path} does not exist")
+        return path
     if args.pretrained_model:
+        from src.checkpoints.published import PUBLISHED, local_path
         path = local_path(args.pretrained_model)
         if os.path.isdir(path):
             raise UserError(f"--pretrained-model {path} is a folder, not a checkpoint file")
@@ -165,3 +214,43 @@ def run_cli(main, args):
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def detector_from_args(args, checkpoint: str, categories: DatasetCategories | None = None):
+    """The detector of ``--pretrained-model`` on ``--backend``: a callable from uint8 RGB images
+    (H, W, 3) to :class:`~src.inference.detections.Detections` with NumPy arrays, whatever runs it.
+    ``.category_names`` and ``.describe`` say what it is."""
+    backend = backend_of(args)
+    if backend != "pytorch":
+        from src.inference.runtime import ExportedDetector
+        if categories is not None:
+            raise UserError(f"{checkpoint} carries its own categories: --annotations is for a checkpoint without "
+                            "category names")
+        detector = ExportedDetector(checkpoint, backend, args.cls_threshold, args.nms_threshold, args.threads)
+        detector.describe = f"{detector.model_name} exported ({detector.info.precision}) on {backend}"
+        if detector.floor_raised:
+            print(f"note: {checkpoint} was exported with a score threshold of {detector.info.score_threshold:g}: "
+                  "nothing below it is detected", file=sys.stderr)
+        return detector
+    from src.inference.detector import Detector
+    detector = Detector.from_checkpoint(checkpoint, args.model, args.device or default_device(),
+                                        categories=categories, cls_threshold=args.cls_threshold,
+                                        nms_threshold=nms_threshold_of(args), amp=args.amp)
+    return _NumpyImages(detector)
+
+
+class _NumpyImages:
+    """The PyTorch detector on NumPy images, with NumPy detections (as the exported ones)."""
+
+    def __init__(self, detector):
+        self.detector = detector
+        self.category_names = detector.category_names
+        self.describe = f"{detector.model.spec.name} on PyTorch ({detector.device})"
+
+    def __call__(self, images_rgb):
+        import torch
+
+        from src.inference.detections import Detections
+        tensors = [torch.from_numpy(image).permute(2, 0, 1) for image in images_rgb]  # (H, W, 3) -> (3, H, W)
+        return [Detections(d.boxes.numpy(), d.labels.numpy(), d.scores.numpy(), d.names)
+                for d in self.detector(tensors)]

@@ -11,13 +11,13 @@ from PIL import Image
 
 from src.data.dataset import (
     CocoDetection,
-    _is_jpeg_complete,
     coco_paths,
     collate,
     eval_loader,
     loader_workers,
     read_rgb,
 )
+from src.data.images import _is_jpeg_complete
 from src.data.transforms import train_transforms, val_transforms
 from src.utils.errors import DatasetError, ImageReadError
 

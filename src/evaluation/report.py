@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from src.evaluation.analysis import ERROR_TYPES, confusion_matrix, error_breakdown, per_class, pr_curves, worst_images
-from src.inference.detector import Detections
+from src.inference.detections import Detections
 from src.inference.draw import draw_detections, draw_ground_truth
 from src.utils.outputs import written_by_us
 

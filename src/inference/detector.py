@@ -1,38 +1,13 @@
 """One detector for every inference script: load a checkpoint, preprocess, forward, decode,
 and scale the boxes to the pixels of each input image."""
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from src.checkpoints.schema import load_model
 from src.data.transforms import val_transforms
+from src.inference.detections import Detections
 from src.models.postprocess import Postprocessor
 from src.utils.device import autocast
-
-
-@dataclass
-class Detections:
-    """Detections of one image: ``boxes`` (k, 4) ltrb in pixels of that image, ``labels`` (k,)
-    in 1..K, ``scores`` (k,), by descending score; ``names`` the label names."""
-    boxes: torch.Tensor
-    labels: torch.Tensor
-    scores: torch.Tensor
-    names: list
-
-    @classmethod
-    def from_coco_results(cls, results: list[dict], category_ids: list, category_names: list) -> "Detections":
-        """One image's detections in COCO results format (pixels, COCO xywh, category ids), as Detections."""
-        boxes = torch.tensor([r["bbox"] for r in results], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]  # COCO xywh -> ltrb
-        labels = torch.tensor([category_ids.index(r["category_id"]) + 1 for r in results], dtype=torch.long)
-        return cls(boxes, labels, torch.tensor([float(r["score"]) for r in results]),
-                   [category_names[i - 1] for i in labels.tolist()])
-
-    def to_list(self) -> list[dict]:
-        return [{"label": int(label), "name": name, "score": round(float(score), 4),
-                 "box": [round(v, 1) for v in box]}
-                for box, label, score, name in zip(self.boxes.tolist(), self.labels, self.scores, self.names)]
 
 
 def bgr_to_tensor(frame: np.ndarray) -> torch.Tensor:
