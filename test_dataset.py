@@ -7,30 +7,36 @@
 import json
 import os
 import sys
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 
-from src.checkpoints.published import local_path
 from src.checkpoints.schema import load_model
 from src.cli import (
     ArgumentParser,
     add_detector_args,
+    backend_of,
     checkpoint_from_args,
+    default_device,
     fraction,
+    input_path_of,
+    nms_threshold_of,
     non_negative_int,
     positive_int,
     run_cli,
 )
+from src.data.categories import match_by_name
 from src.data.dataset import dataset_from, eval_loader
 from src.data.formats import DEFAULT_SPLITS, FORMATS, Source, dataset_folders, detect_format, source, splits_of
 from src.data.transforms import val_transforms
-from src.evaluation.evaluate import eval_batch_size, evaluate
+from src.evaluation.evaluate import eval_batch_size, evaluate, evaluate_images
 from src.evaluation.report import build, print_table, report_files, write_report
 from src.evaluation.voc_eval import voc_evaluate
 from src.inference.detections import Detections
 from src.inference.draw import draw_detections
+from src.inference.runtime import ExportedDetector
 from src.models.postprocess import Postprocessor
 from src.utils.distributed import cleanup, init_distributed, is_main_process
 from src.utils.errors import DatasetError, ImageReadError, UserError
@@ -158,13 +164,46 @@ def write(args, evaluation, dataset, results, guard):
     print(f"report written to {os.path.join(args.report, 'index.html')}")
 
 
+@dataclass
+class Loaded:
+    """The model as the evaluation runs it: a PyTorch model and its decoding, or a detector of
+    images (an exported model); the dataset's category id of each label, and the label names."""
+    category_ids: list
+    category_names: list
+    describe: str
+    model: object = None
+    postprocess: object = None
+    detector: object = None
+
+
+def load_pytorch(args, checkpoint, dataset, device) -> Loaded:
+    model, ids, names = load_model(checkpoint, args.model, categories=dataset.categories)
+    model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
+    postprocess = Postprocessor.for_spec(model.spec, device, score_threshold=args.cls_threshold,
+                                         nms_threshold=nms_threshold_of(args), num_labels=len(ids))
+    return Loaded(ids, names, model.spec.name, model=model, postprocess=postprocess)
+
+
+def load_exported(args, checkpoint, dataset) -> Loaded:
+    """An exported model, its categories matched to the dataset's by name."""
+    detector = ExportedDetector(checkpoint, backend_of(args), args.cls_threshold, args.nms_threshold, args.threads)
+    ids, notes = match_by_name((detector.category_ids, detector.category_names), dataset.categories)
+    for line in notes:
+        print(line, file=sys.stderr)
+    return Loaded(ids, detector.category_names, f"{detector.model_name} exported ({detector.info.precision}) on "
+                  f"{detector.backend}", detector=detector)
+
+
 def main(args):
-    rank, _, world_size, device = init_distributed(args.device)
+    backend = backend_of(args)
+    rank, _, world_size, device = init_distributed(args.device or default_device())
+    if backend != "pytorch" and world_size > 1:
+        raise UserError(f"the {backend} backend evaluates in one process: run it without torchrun")
     watch = Stopwatch(device)
     watch.add("start-up", process_age())  # the interpreter and the imports
     checkpoint = checkpoint_from_args(args)
     split, reads = data_source(args)
-    guard = OutputGuard([*reads, local_path(checkpoint)])
+    guard = OutputGuard([*reads, input_path_of(checkpoint)])
     if args.json:
         guard.file(args.json, "--json")
     if args.output:
@@ -184,20 +223,22 @@ def main(args):
     # matched to the dataset's categories by name; a checkpoint without names (the original's,
     # NVIDIA's) reads its labels as the dataset's, in id order
     with watch("checkpoint"):
-        model, ids, names = load_model(checkpoint, args.model, categories=dataset.categories)
-        model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
+        run = load_pytorch(args, checkpoint, dataset, device) if backend == "pytorch" else \
+            load_exported(args, checkpoint, dataset)
     guard.claim()  # checked and loaded: nothing is written before this
-    postprocess = Postprocessor.for_spec(model.spec, device, score_threshold=args.cls_threshold,
-                                         nms_threshold=args.nms_threshold, num_labels=len(ids))
+    ids, names = run.category_ids, run.category_names
     if is_main_process():
         for line in dataset.warnings:
             print(f"warning: {line}", file=sys.stderr)
-        print(f"{checkpoint}: {model.spec.name}, {len(names)} classes; {len(dataset)} images, "
-              f"{world_size} process(es)")
-    loader = eval_loader(dataset, args.batch_size or eval_batch_size(device), args.num_workers, rank, world_size,
-                         pin_memory=device.type == "cuda")
-    evaluation, results = evaluate(model, loader, postprocess, device, category_ids=ids, amp=args.amp,
-                                   channels_last=True, watch=watch, score=scored)
+        print(f"{checkpoint}: {run.describe}, {len(names)} classes; {len(dataset)} images, {world_size} process(es)")
+    if backend == "pytorch":
+        loader = eval_loader(dataset, args.batch_size or eval_batch_size(device), args.num_workers, rank, world_size,
+                             pin_memory=device.type == "cuda")
+        evaluation, results = evaluate(run.model, loader, run.postprocess, device, category_ids=ids, amp=args.amp,
+                                       channels_last=True, watch=watch, score=scored)
+    else:
+        evaluation, results = evaluate_images(run.detector, dataset, args.batch_size or 1, category_ids=ids,
+                                              watch=watch, score=scored)
     if not scored and is_main_process():
         print(f"nothing to score: {dataset.annotation_file} has no ground-truth box; detections only")
     if args.metric != "coco" and scored and is_main_process():

@@ -130,3 +130,38 @@ def test_a_checkpoint_given_to_an_exported_backend_is_refused(exported, toy_root
     code = run_script("test_image.py", ["--pretrained-model", str(exported / "lite.pth"), "--backend", "openvino",
                                         "--input", photo, "--output", str(tmp_path / "o.jpg")], monkeypatch)
     assert code == 1 and "runs a model exported with export_onnx.py --with-nms" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_int8_quantizes_the_convolutions_and_keeps_the_decoding_float(exported, toy_root, tmp_path):
+    import onnx
+    out = tmp_path / "int8.onnx"
+    result = subprocess.run([sys.executable, "export_onnx.py", "--pretrained-model", str(exported / "lite.pth"),
+                             "--output", str(out), "--with-nms", "--int8", "--data-path", toy_root,
+                             "--calibration-images", "4"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "calibrating INT8 on 4 images" in result.stdout and "INT8 on openvino" in result.stdout
+    graph = onnx.load(str(out))
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["precision"] == "int8" and meta["model"] == "ssdlite"
+    ops = [n.op_type for n in graph.graph.node]
+    convs = [n for n in graph.graph.node if n.op_type == "Conv"]
+    produced_by = {o: n.op_type for n in graph.graph.node for o in n.output}
+    assert all(produced_by.get(c.input[1]) == "DequantizeLinear" for c in convs)  # every conv weight is INT8
+    nms = next(n for n in graph.graph.node if n.op_type == "NonMaxSuppression")
+    assert produced_by[nms.input[0]] != "DequantizeLinear" and ops.count("QuantizeLinear") > 10
+    assert out.stat().st_size < (exported / "lite.onnx").stat().st_size / 2
+    photo = read_image(os.path.join(coco_paths(toy_root, "val")[1], "000001.jpg"))
+    for backend in BACKENDS:
+        detector = ExportedDetector(str(out), backend, cls_threshold=0.0)
+        assert detector.info.precision == "int8" and len(detector([photo])[0].scores) > 0
+
+
+@pytest.mark.parametrize("argv", [["--int8", "--data-path", "{toy}"], ["--with-nms", "--int8"]])
+def test_int8_needs_an_export_with_nms_and_data(argv, exported, toy_root, tmp_path, monkeypatch, capsys):
+    argv = [a.replace("{toy}", toy_root) for a in argv]
+    code = run_script("export_onnx.py", ["--pretrained-model", str(exported / "lite.pth"), "--output",
+                                         str(tmp_path / "q.onnx"), *argv], monkeypatch)
+    assert code == 1 and "--int8 quantizes a --with-nms export and calibrates on --data-path" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "q.onnx").exists()

@@ -16,14 +16,16 @@ STAT_NAMES = [
 def to_coco_results(detections, image_ids, orig_sizes, category_ids) -> list[dict]:
     """COCO results entries ``{image_id, category_id, bbox [x, y, w, h] in pixels, score}``.
 
-    :param detections: per image ``(boxes (k, 4) normalised ltrb, labels (k,), scores (k,))``
+    :param detections: per image ``(boxes (k, 4) normalised ltrb, labels (k,), scores (k,))``, torch
+        tensors or NumPy arrays
     :param orig_sizes: per image (height, width) of the file
     :param category_ids: dataset category id of each label 1..K (``category_ids[label - 1]``); a
         label whose id is None (a category the dataset lacks) is left out
     """
     results = []
     for (boxes, labels, scores), image_id, (h, w) in zip(detections, image_ids, orig_sizes):
-        boxes = boxes.float().cpu().numpy() * np.array([w, h, w, h], dtype=np.float32)
+        boxes = (boxes.float().cpu().numpy() if hasattr(boxes, "cpu") else np.asarray(boxes, np.float32)) \
+            * np.array([w, h, w, h], dtype=np.float32)
         boxes[:, 2:] -= boxes[:, :2]  # ltrb -> COCO xywh
         for box, label, score in zip(boxes.tolist(), labels.tolist(), scores.tolist()):
             if category_ids[label - 1] is None:

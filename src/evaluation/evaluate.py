@@ -2,13 +2,14 @@
 and test_dataset.py runs once."""
 import sys
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from src.evaluation.coco_eval import coco_evaluate, to_coco_results
 from src.utils.device import autocast, to_input
 from src.utils.distributed import broadcast_object, gather_lists, is_main_process
-from src.utils.errors import DatasetError
+from src.utils.errors import DatasetError, ImageReadError
 from src.utils.stopwatch import no_stopwatch
 
 
@@ -77,14 +78,46 @@ def evaluate(model, loader, postprocess, device, *, category_ids=None, amp=False
     detections, image_ids, sizes = predict(model, loader, postprocess, device, amp=amp, channels_last=channels_last,
                                            watch=watch)
     results = gather_lists(to_coco_results(detections, image_ids, sizes, category_ids))
-    evaluated = gather_lists(image_ids)
-    evaluation = None
+    return broadcast_object(_score(dataset, results, gather_lists(image_ids), score, watch)), results
+
+
+def _score(dataset, results, evaluated, score, watch, verbose=True):
+    """COCOeval of ``results`` on the images that could be read (on the main process), or None."""
     if not evaluated:
         raise DatasetError(f"none of the {len(dataset)} images of {dataset.image_dir} could be read (named above)")
-    if is_main_process() and score:
-        if len(evaluated) < len(dataset):
-            print(f"warning: {len(dataset) - len(evaluated)} of {len(dataset)} images could not be read and are "
-                  "left out of the evaluation (named above)", file=sys.stderr)
-        with watch("COCOeval"):
-            evaluation = coco_evaluate(dataset.coco, results, image_ids=evaluated)
-    return broadcast_object(evaluation), results
+    if not (is_main_process() and score):
+        return None
+    if len(evaluated) < len(dataset):
+        print(f"warning: {len(dataset) - len(evaluated)} of {len(dataset)} images could not be read and are "
+              "left out of the evaluation (named above)", file=sys.stderr)
+    with watch("COCOeval"):
+        return coco_evaluate(dataset.coco, results, image_ids=evaluated, verbose=verbose)
+
+
+def evaluate_images(detector, dataset, batch_size: int, *, category_ids, watch=no_stopwatch, score=True,
+                    verbose=True):
+    """:func:`evaluate` for a detector that takes images, one process: an exported model on ONNX
+    Runtime or OpenVINO (:class:`~src.inference.runtime.ExportedDetector`). Each image is read
+    as the evaluation reads it (:meth:`~src.data.dataset.CocoDetection.read_image`) and its
+    detections scaled to the annotated size.
+
+    :param category_ids: dataset category id of each label 1..K (None: a category it lacks)
+    """
+    detections, image_ids, sizes = [], [], []
+    for start in tqdm(range(0, len(dataset.ids), batch_size), desc="eval", dynamic_ncols=True, disable=not verbose):
+        batch = []
+        with watch("reading"):
+            for image_id in dataset.ids[start:start + batch_size]:
+                try:
+                    batch.append((image_id, dataset.read_image(image_id)[0].permute(1, 2, 0).numpy()))
+                except ImageReadError as e:
+                    print(f"warning: skipping a bad image: {e}", file=sys.stderr)
+        with watch("forward"):
+            found = detector([image for _, image in batch])
+        for (image_id, image), dets in zip(batch, found):
+            h, w = image.shape[:2]
+            detections.append((dets.boxes / np.array([w, h, w, h], np.float32), dets.labels, dets.scores))
+            image_ids.append(image_id)
+            sizes.append(dataset.annotated_size(image_id) or (h, w))
+    results = to_coco_results(detections, image_ids, sizes, category_ids)
+    return _score(dataset, results, image_ids, score, watch, verbose), results
