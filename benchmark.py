@@ -51,7 +51,7 @@ from src.utils.device import autocast
 from src.utils.errors import UserError
 from src.utils.outputs import OutputGuard
 
-SECTIONS = ["train", "inference", "decode", "data", "eval", "report", "memory", "matching"]
+SECTIONS = ["train", "inference", "decode", "data", "eval", "report", "memory", "matching", "deploy"]
 
 
 def get_args_parser():
@@ -522,6 +522,75 @@ def bench_matching(args, device, rows):
     print_row(rows[-1])
 
 
+def cpu_name() -> tuple[str, bool]:
+    """The CPU's model name, and whether it has VNNI (INT8 dot products: AVX-512 VNNI or AVX-VNNI)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return platform.processor() or platform.machine(), False
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return name, any(flag in text.split() for flag in ("avx512_vnni", "avx_vnni"))
+
+
+def exported_pair(name: str, folder: str, calibration: list[str]) -> tuple[str, str]:
+    """An 81-way model of random weights exported with its decoding, and its INT8 version
+    (calibrated on ``calibration``): speed does not depend on the weights."""
+    from src.inference.export import ExportableSSD, add_metadata, export_file
+    from src.inference.quantize import quantize
+    from src.inference.runtime import metadata
+    model = build_model(name, 81).eval()
+    post = Postprocessor.for_spec(model.spec)
+    fp32, int8 = os.path.join(folder, f"{name}.onnx"), os.path.join(folder, f"{name}_int8.onnx")
+    export_file(ExportableSSD(model, post, decode=True).eval(), fp32, True, 17)
+    add_metadata(fp32, metadata(name, model.spec.fig_size, IMAGENET_MEAN, IMAGENET_STD,
+                                [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES],
+                                post.score_threshold, post.nms_threshold, post.max_output))
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize(fp32, int8, calibration)
+    return fp32, int8
+
+
+def bench_deploy(args, device, rows):
+    """Per-image latency at batch 1 and throughput at batch 8 of one photo-sized image through
+    each runtime (preprocessing, forward, decoding, boxes in pixels), on the CPU, threads as
+    PyTorch's. Random weights: the AP of each variant is measured on a trained model (docs/speed.md)."""
+    import numpy as np
+
+    from src.inference.detector import Detector
+    from src.inference.runtime import ExportedDetector
+    threads = torch.get_num_threads()
+    name, vnni = cpu_name()
+    print(f"deploy: {name}, VNNI {'yes' if vnni else 'no'}, {threads} threads")
+    folder = toy_data(args)
+    calibration = sorted(os.path.join(coco_paths(folder, "train")[1], f)
+                         for f in os.listdir(coco_paths(folder, "train")[1]))[:32]
+    image = np.ascontiguousarray(read_rgb(calibration[0]).permute(1, 2, 0).numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        for model_name in args.models:
+            fp32, int8 = exported_pair(model_name, tmp, calibration)
+            torch_detector = Detector(build_model(model_name, 81).eval(), [i for i, _ in COCO_CATEGORIES],
+                                      [n for _, n in COCO_CATEGORIES], "cpu", cls_threshold=0.05)
+            tensor = torch.from_numpy(image).permute(2, 0, 1)
+            runs = {"PyTorch fp32": lambda batch: torch_detector([tensor] * batch)}
+            for backend in ("onnxruntime", "openvino"):
+                for precision, path in (("fp32", fp32), ("INT8", int8)):
+                    try:
+                        detector = ExportedDetector(path, backend, cls_threshold=0.05, threads=threads)
+                    except UserError as e:  # a backend not installed
+                        print(f"  {backend}: skipped ({e})")
+                        continue
+                    runs[f"{'ONNX Runtime' if backend == 'onnxruntime' else 'OpenVINO'} {precision}"] = \
+                        lambda batch, d=detector: d([image] * batch)
+            for runtime, run in runs.items():
+                latency = median_time(lambda: run(1), torch.device("cpu"), max(args.repeats, 5), warmup=2)
+                throughput = 8 / median_time(lambda: run(8), torch.device("cpu"), args.repeats, warmup=1)
+                rows.append({"section": "deploy", "model": model_name, "runtime": runtime, "threads": threads,
+                             "cpu": name, "vnni": vnni, "latency_ms": 1000 * latency, "images_per_s": throughput})
+                print_row(rows[-1])
+
+
 def _current_rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -552,7 +621,8 @@ def main(args):
     rows = []
     print(json.dumps(machine(device)))
     benches = {"train": bench_train, "inference": bench_inference, "decode": bench_decode, "data": bench_data,
-               "eval": bench_eval, "report": bench_report, "memory": bench_memory, "matching": bench_matching}
+               "eval": bench_eval, "report": bench_report, "memory": bench_memory, "matching": bench_matching,
+               "deploy": bench_deploy}
     for section in SECTIONS:
         if section in args.only:
             benches[section](args, device, rows)

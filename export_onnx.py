@@ -17,10 +17,8 @@ prints the COCO AP of both on the val split. Needs the onnx package (requirement
 import os
 import sys
 import tempfile
-import warnings
 
 import numpy as np
-import torch
 
 from src.checkpoints.published import local_path
 from src.checkpoints.schema import load_model
@@ -30,7 +28,7 @@ from src.data.dataset import dataset_from, read_source
 from src.data.formats import DEFAULT_SPLITS, detect_format, source
 from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from src.evaluation.evaluate import evaluate_images
-from src.inference.export import ExportableSSD
+from src.inference.export import ExportableSSD, add_metadata, export_file
 from src.inference.quantize import quantize
 from src.inference.runtime import ExportedDetector, metadata
 from src.models.postprocess import Postprocessor
@@ -66,24 +64,6 @@ def dboxes_path(output: str) -> str:
     return os.path.splitext(output)[0] + ".dboxes.npy"
 
 
-def export(module, path, decode, opset):
-    names = ["boxes", "labels", "scores"] if decode else ["ploc", "plabel"]
-    dummy = torch.randn(1, 3, 300, 300)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(module, (dummy,), path, dynamo=False, opset_version=opset, input_names=["images"],
-                          output_names=names, dynamic_axes={n: {0: "batch"} for n in ["images", *names]})
-
-
-def add_metadata(path, entries: dict):
-    import onnx
-    graph = onnx.load(path)
-    for key, value in entries.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(graph, path)
-
-
 def main(args):
     try:
         import onnx  # noqa: F401  (checked before the long export)
@@ -102,13 +82,13 @@ def main(args):
     if args.int8:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = os.path.join(tmp, "fp32.onnx")
-            export(module, fp32, True, args.opset)
+            export_file(module, fp32, True, args.opset)
             add_metadata(fp32, metadata(model.spec.name, model.spec.fig_size, IMAGENET_MEAN, IMAGENET_STD, ids,
                                         names, post.score_threshold, post.nms_threshold, post.max_output))
             calibrate_and_check(args, fp32, splits)
         guard.record([args.output])
         return
-    export(module, args.output, args.with_nms, args.opset)
+    export_file(module, args.output, args.with_nms, args.opset)
     entries = metadata(model.spec.name, model.spec.fig_size, IMAGENET_MEAN, IMAGENET_STD, ids, names,
                        post.score_threshold, post.nms_threshold, post.max_output)
     if not args.with_nms:

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from src.inference.export import ExportableSSD
+from src.inference.export import ExportableSSD, export_file
 from src.models.box_coder import BoxCoder
 from src.models.default_boxes import default_boxes
 from src.models.postprocess import Postprocessor
@@ -95,8 +95,7 @@ def test_onnxruntime_decoding_gives_the_same_detections(tmp_path):
     ploc, plabel = hot_outputs(2, 6, seed=2)
     module = ExportableSSD(FixedHeads(ploc, plabel), Postprocessor(coder), decode=True).eval()
     x = torch.zeros(2, 3, 300, 300)
-    from export_onnx import export as export_graph
-    export_graph(module, str(tmp_path / "d.onnx"), decode=True, opset=17)
+    export_file(module, str(tmp_path / "d.onnx"), decode=True, opset=17)
     session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
     boxes, labels, scores = session.run(None, {"images": x.numpy()})
     expected = Postprocessor(coder)(ploc, plabel)

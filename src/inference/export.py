@@ -3,6 +3,8 @@
 Decoding uses ONNX's own NonMaxSuppression operator, which runs per (image, class) in one
 node; the outputs have fixed shapes (``max_output`` slots per image, score 0 = empty slot).
 """
+import warnings
+
 import torch
 from torch import nn
 from torchvision.ops import batched_nms
@@ -67,3 +69,22 @@ class ExportableSSD(nn.Module):
         keep = torch.zeros(n * labels, k, dtype=torch.bool, device=scores.device)
         keep = keep.index_put((selected[:, 0], selected[:, 2]), torch.ones_like(selected[:, 0], dtype=torch.bool))
         return post.select(boxes, scores, keep.view(n, labels, k))
+
+
+def export_file(module, path: str, decode: bool, opset: int):
+    """Write ``module`` (an :class:`ExportableSSD`) as ONNX with a dynamic batch axis."""
+    names = ["boxes", "labels", "scores"] if decode else ["ploc", "plabel"]
+    dummy = torch.randn(1, 3, 300, 300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(module, (dummy,), path, dynamo=False, opset_version=opset, input_names=["images"],
+                          output_names=names, dynamic_axes={n: {0: "batch"} for n in ["images", *names]})
+
+
+def add_metadata(path, entries: dict):
+    import onnx
+    graph = onnx.load(path)
+    for key, value in entries.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, path)
