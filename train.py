@@ -251,6 +251,16 @@ def what_is_saved(path: str) -> str:
             "perhaps with a lower --lr")
 
 
+def schedule_warning(args) -> str | None:
+    """A learning-rate drop (--multistep) that this run's --epochs never reaches, said."""
+    beyond = [m for m in args.multistep if m >= args.epochs]
+    if not beyond:
+        return None
+    never = "it never drops" if len(beyond) == len(args.multistep) else "not all of them happen"
+    return (f"warning: the learning rate drops after epoch(s) {', '.join(map(str, beyond))} (--multistep) lie "
+            f"beyond this {args.epochs}-epoch run: {never}; set --multistep to drop within the run")
+
+
 def build_datasets(args, world_size: int):
     """The checked train and val sets (their warnings printed once)."""
     fmt = detect_format(args.data_path[0]) if args.data_format == "auto" else args.data_format
@@ -275,12 +285,6 @@ def build_datasets(args, world_size: int):
     if len(train) < args.batch_size * world_size:
         raise DatasetError(f"{len(train)} training images are fewer than one global batch "
                            f"({args.batch_size} x {world_size}): lower --batch-size")
-    beyond = [m for m in args.multistep if m >= args.epochs]
-    if beyond and is_main_process():
-        never = "it never drops" if len(beyond) == len(args.multistep) else "not all of them happen"
-        print(f"warning: the learning rate drops after epoch(s) {', '.join(map(str, beyond))} (--multistep) lie "
-              f"beyond this {args.epochs}-epoch run: {never}; set --multistep to drop within the run",
-              file=sys.stderr)
     if val.report.boxes == 0 and args.eval_every:
         args.eval_every = 0  # COCO's twelve -1 every epoch would look like a score
         val.warnings.append(f"{val.annotation_file} has no ground-truth box: nothing to score, so no evaluation")
@@ -422,6 +426,8 @@ def start_logging(args, train_set, val_set, world_size, step: Step, point,
     elif point.epoch or point.progress:
         done = f", {point.progress.batches} iterations into epoch {point.epoch + 1}" if point.progress else ""
         print(f"Resuming from {checkpoint_path(args)}: {point.epoch} epochs done{done}")
+    if schedule_warning(args) and point.epoch < args.epochs:
+        print(schedule_warning(args), file=sys.stderr)
     print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "
           f"images, {world_size} process(es) on {step.device.type}, lr {step.lr_scheduler.base_lrs[0]:g} "
           f"({args.lr:g} for 32 images a step) after {warmup_iterations(args, iters_per_epoch)} "

@@ -11,6 +11,7 @@ import torch
 from torchvision.models import _meta
 
 import train
+from src.cli import nms_threshold_of
 from src.data.categories import COCO_CATEGORIES, DatasetCategories
 from src.data.dataset import CocoDetection
 from src.inference.detector import Detector
@@ -134,7 +135,8 @@ def test_decoding_defaults():
     assert script("test_dataset").get_args_parser().parse_args([]).cls_threshold == 0.05
     for name in ("test_image", "test_video"):
         args = script(name).get_args_parser().parse_args(["--input", "x"])
-        assert (args.cls_threshold, args.nms_threshold) == (0.3, 0.5)
+        assert (args.cls_threshold, nms_threshold_of(args)) == (0.3, 0.5)
+        assert args.nms_threshold is None  # an exported file's own unless asked
 
 
 class FixedDecoding:

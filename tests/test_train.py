@@ -35,6 +35,14 @@ def train_cmd(toy_root, save, *extra, epochs=1, eval_every=0):
             "--no-pretrained-backbone", "--warmup", "2", "--eval-every", str(eval_every), "--seed", "3", *extra]
 
 
+def run_here(cmd, monkeypatch, capfd):
+    """``cmd`` (``[python, script, args...]``) run in this process, for refusals that end before any
+    training: what a subprocess would give (exit status and stderr), without its start-up."""
+    from test_bad_input import run_script
+    code = run_script(cmd[1], cmd[2:], monkeypatch)
+    return subprocess.CompletedProcess(cmd, code, "", capfd.readouterr().err)
+
+
 def wait_for(path, text, timeout=600, after=0):
     """Wait until ``text`` appears in the file at ``path`` (past offset ``after``): an event, not
     a time, so a busy machine only makes it later. :return: the offset just past it."""
@@ -173,7 +181,7 @@ def test_torch_distributed_launch_form(toy_root, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing-data", "other-model", "other-classes", "unreadable"])
-def test_clear_errors(toy_root, tmp_path, case):
+def test_clear_errors(toy_root, tmp_path, case, monkeypatch, capfd):
     save = tmp_path / "save"
     save.mkdir()
     if case == "other-model":
@@ -186,7 +194,7 @@ def test_clear_errors(toy_root, tmp_path, case):
         (save / "ssdlite.pth").write_bytes(b"garbage")
     before = (save / "ssdlite.pth").read_bytes() if case != "missing-data" else None
     data = str(tmp_path / "nowhere") if case == "missing-data" else toy_root
-    result = run(train_cmd(data, save))
+    result = run_here(train_cmd(data, save), monkeypatch, capfd)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("train.py: error:"), result.stderr
