@@ -379,6 +379,14 @@ CASES = [
      edit_json(VAL, rename_a_scored_category), 1, "not trained on: 'star'"),
     ("train-val-of-other-names", "train.py", [*TRAIN_ARGS, "--save-folder", "{box}/s"],
      edit_json(VAL, rename_a_scored_category), 1, "instances_val2017.json has categories the model was not"),
+    # exported models
+    ("image-onnx-not-a-model", "test_image.py", ["--pretrained-model", "{box}/m.onnx", "--input", "{box}/photo.jpg"],
+     lambda box: (box / "m.onnx").write_text("not a model"), 1, "is not a model ONNX Runtime can load"),
+    ("video-onnx-missing", "test_video.py", ["--pretrained-model", "{box}/none.onnx", "--input", "{box}/clip.mp4"],
+     None, 1, "exported model .*none.onnx does not exist"),
+    ("dataset-onnx-on-openvino-not-a-model", "test_dataset.py",
+     ["--pretrained-model", "{box}/m.onnx", "--backend", "openvino", "--data-path", "{box}/toy"],
+     lambda box: (box / "m.onnx").write_text("not a model"), 1, "is not a model OpenVINO can load"),
     # the forms datasets come in
     ("voc-class-missing-from-classes-txt", "test_dataset.py", [*DATASET[:2], "--data-path", "{box}/voc"],
      voc_of_labelimg, 1, r"a\.xml has an object of class 'Dog', which .*classes\.txt does not list"),

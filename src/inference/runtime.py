@@ -98,16 +98,15 @@ class _OpenVino:
             import openvino as ov
         except ImportError:
             raise UserError("the openvino backend needs: pip install openvino") from None
+        self.meta = _onnx_metadata(path)  # first: OpenVINO would try every frontend on a file that is not ONNX
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32"}  # not bf16 where the CPU has it: PyTorch's numbers
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         try:
-            model = core.read_model(path)
-            self.compiled = core.compile_model(model, "CPU", config)
+            self.compiled = core.compile_model(core.read_model(path), "CPU", config)
         except RuntimeError as e:
             raise CheckpointError(f"{path} is not a model OpenVINO can load ({str(e).splitlines()[0]})") from None
-        self.meta = _onnx_metadata(path)
 
     def __call__(self, batch: np.ndarray):
         result = self.compiled(batch)
@@ -116,7 +115,12 @@ class _OpenVino:
 
 def _onnx_metadata(path: str) -> dict:
     import onnx
-    return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    from google.protobuf.message import DecodeError
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except (DecodeError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a model OpenVINO can load (not an ONNX file: {e})") from None
+    return {p.key: p.value for p in model.metadata_props}
 
 
 class ExportedDetector:
