@@ -4,6 +4,7 @@ image and a video, plot the curves. `make demo` runs this; a second run reuses w
     python demo.py                       # the full demo (about 12 minutes on a 2-core CPU)
     python demo.py --epochs 1 --train-images 16 --val-images 4 --out /tmp/d --docs /tmp/d/docs
 """
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ import cv2
 from src.cli import ArgumentParser, positive_float, positive_int, run_cli, training_batch_size
 from src.data.dataset import coco_paths, load_coco
 from src.data.toy_dataset import generate
+from src.evaluation.coco_eval import coco_evaluate
 from src.utils.errors import UserError
 from src.utils.outputs import OutputGuard
 
@@ -44,6 +46,13 @@ def step(title, *cmd):
     if subprocess.run([sys.executable, *cmd], cwd=HERE).returncode != 0:
         raise UserError(f"the step '{title}' failed (its message is above)")
     print(f"    ({time.perf_counter() - start:.0f} s)")
+
+
+def ap_of(data: str, detections: str) -> float:
+    """COCO AP of a detections file on the toy val split."""
+    with open(detections) as f:
+        results = json.load(f)
+    return coco_evaluate(load_coco(coco_paths(data, "val")[0])[0], results, verbose=False).stats["AP"]
 
 
 def make_clip(image_dir, path, frames=30, fps=5.0):
@@ -90,6 +99,13 @@ def main(args):
     step("COCO mAP on the toy val split, and the evaluation report", "test_dataset.py", "--pretrained-model", ckpt,
          "--data-path", args.data, "--num-workers", "1", "--json", os.path.join(outputs, "detections.json"),
          "--report", report)
+    onnx_file, onnx_json = os.path.join(outputs, "ssdlite.onnx"), os.path.join(outputs, "detections_onnx.json")
+    step("exporting it for deployment (ONNX, the decoding in the graph)", "export_onnx.py", "--pretrained-model",
+         ckpt, "--output", onnx_file, "--with-nms")
+    step("the exported model's COCO mAP on ONNX Runtime, without PyTorch", "test_dataset.py", "--pretrained-model",
+         onnx_file, "--data-path", args.data, "--num-workers", "1", "--json", onnx_json)
+    print(f"    COCO AP on the val split: PyTorch {ap_of(args.data, os.path.join(outputs, 'detections.json')):.4f}, "
+          f"ONNX Runtime {ap_of(args.data, onnx_json):.4f}")
     picture = os.path.join(outputs, "detection.jpg")
     step("detecting on a val image", "test_image.py", "--pretrained-model", ckpt, "--input",
          busiest_image(args.data), "--output", picture)
@@ -105,7 +121,7 @@ def main(args):
         shutil.copy(source, copy)
     guard.record(copies)
     print(f"\nDone. Checkpoint: {ckpt}\n      Outputs: {outputs} (detection.jpg, clip_prediction.mp4, "
-          f"detections.json, curves.png)\n      Evaluation report: {os.path.join(report, 'index.html')}"
+          f"detections.json, curves.png, ssdlite.onnx)\n      Evaluation report: {os.path.join(report, 'index.html')}"
           f"\n      TensorBoard: tensorboard --logdir {os.path.join(out, 'runs')}")
 
 

@@ -1,5 +1,6 @@
 """A shortened demo (tiny toy set, one short epoch) through the same entry point as `make demo`."""
 import os
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,9 @@ def test_short_demo_end_to_end_then_reuse(tmp_path):
     assert (tmp_path / "docs" / "demo_curves.png").exists()
     assert (tmp_path / "docs" / "demo_confusion.png").exists() and (outputs / "report" / "index.html").exists()
     assert "Average Precision  (AP) @[ IoU=0.50      |" in first.stdout
+    torch_ap, onnx_ap = map(float, re.search(r"COCO AP on the val split: PyTorch (\S+), ONNX Runtime (\S+)",
+                                              first.stdout).groups())
+    assert abs(torch_ap - onnx_ap) <= 0.002  # the exported model on ONNX Runtime scores as PyTorch does
 
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -126,12 +126,12 @@ def test_more_unreadable_images_than_the_share_stop_the_run(toy_copy, tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "annotation file .* not found"),
+    ("missing", "has no split 'train' \\(its splits are val\\): choose one with --train-split"),
     ("not-json", "is not valid JSON"),
     ("box-of-3", "expected \\[x, y, width, height\\], four numbers"),
     ("box-of-strings", "expected \\[x, y, width, height\\], four numbers"),
 ])
-def test_bad_annotations_are_refused_at_start(toy_copy, tmp_path, case, message):
+def test_bad_annotations_are_refused_at_start(toy_copy, tmp_path, case, message, monkeypatch, capfd):
     ann = toy_copy / "annotations" / "instances_train2017.json"
     if case == "missing":
         ann.unlink()
@@ -141,7 +141,7 @@ def test_bad_annotations_are_refused_at_start(toy_copy, tmp_path, case, message)
         data = json.loads(ann.read_text())
         data["annotations"][0]["bbox"] = [1, 2, 3] if case == "box-of-3" else ["1", "2", "3", "4"]
         ann.write_text(json.dumps(data))
-    result = run(train_cmd(str(toy_copy), tmp_path / "save"))
+    result = run_here(train_cmd(str(toy_copy), tmp_path / "save"), monkeypatch, capfd)
     assert result.returncode == 1
     assert re.search(message, one_error_line(result)), result.stderr
     assert not (tmp_path / "save" / "ssdlite.pth").exists()
