@@ -117,7 +117,7 @@ def int8_splits(args):
 def calibrate_and_check(args, fp32: str, splits):
     """Quantize ``fp32`` to --output, and print both models' AP on the check split."""
     images, check = splits
-    print(f"calibrating INT8 on {len(images)} images of {check.name.replace('(', '').split()[0]} ...")
+    print(f"calibrating INT8 on {len(images)} images of {os.path.commonpath([os.path.dirname(p) for p in images])} ...")
     quantize(fp32, args.output, images)
     dataset = dataset_from(check, None)
     fp32_ap = ap_of(fp32, "onnxruntime", dataset)

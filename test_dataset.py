@@ -19,12 +19,12 @@ from src.cli import (
     add_detector_args,
     backend_of,
     checkpoint_from_args,
-    default_device,
     fraction,
     input_path_of,
     nms_threshold_of,
     non_negative_int,
     positive_int,
+    pytorch_device,
     run_cli,
 )
 from src.data.categories import match_by_name
@@ -196,7 +196,7 @@ def load_exported(args, checkpoint, dataset) -> Loaded:
 
 def main(args):
     backend = backend_of(args)
-    rank, _, world_size, device = init_distributed(args.device or default_device())
+    rank, _, world_size, device = init_distributed(pytorch_device(args) if backend == "pytorch" else "cpu")
     if backend != "pytorch" and world_size > 1:
         raise UserError(f"the {backend} backend evaluates in one process: run it without torchrun")
     watch = Stopwatch(device)

@@ -85,6 +85,29 @@ def device_name(text: str) -> str:
     return text
 
 
+def device_spec(text: str) -> str:
+    """argparse type of the inference scripts: ``cpu``, ``cuda`` or ``cuda:N`` by form only (no
+    torch: an exported model never needs it); :func:`pytorch_device` checks it is there."""
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N")
+    return text
+
+
+def pytorch_device(args) -> str:
+    """``--device`` checked against this machine (or the default), and ``--threads`` applied:
+    what the PyTorch backend runs on."""
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device is None:
+        return default_device()
+    try:
+        return device_name(args.device)
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"--device {e}") from None
+
+
 def default_device() -> str:
     import torch
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -116,11 +139,11 @@ def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
     p.add_argument("--nms-threshold", "--nms_threshold", type=fraction, default=None,
                    help=f"IoU above which NMS drops the lower-scored box, in [0, 1] (default "
                         f"{DEFAULT_NMS_THRESHOLD}; an exported file's own)")
-    p.add_argument("--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: cuda when "
+    p.add_argument("--device", type=device_spec, default=None, help="cpu, cuda or cuda:N (default: cuda when "
                                                                     "there is a GPU); PyTorch only")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
     p.add_argument("--threads", type=positive_int, default=None,
-                   help="CPU threads of an ONNX Runtime or OpenVINO backend (default: theirs)")
+                   help="CPU threads of the backend (default: the runtime's own)")
 
 
 def backend_of(args) -> str:
@@ -233,7 +256,7 @@ def detector_from_args(args, checkpoint: str, categories: DatasetCategories | No
                   "nothing below it is detected", file=sys.stderr)
         return detector
     from src.inference.detector import Detector
-    detector = Detector.from_checkpoint(checkpoint, args.model, args.device or default_device(),
+    detector = Detector.from_checkpoint(checkpoint, args.model, pytorch_device(args),
                                         categories=categories, cls_threshold=args.cls_threshold,
                                         nms_threshold=nms_threshold_of(args), amp=args.amp)
     return _NumpyImages(detector)

@@ -103,7 +103,7 @@ def test_the_scripts_run_an_exported_model_without_importing_torch(toy_root, tra
     for backend, model in [("pytorch", trained[0]), ("onnxruntime", trained[1]), ("openvino", trained[1])]:
         out = tmp_path / f"{backend}.json"
         result = subprocess.run([sys.executable, "-X", "importtime", "test_image.py", "--pretrained-model",
-                                 str(model), "--backend", backend, "--input", photo, "--output",
+                                 str(model), "--backend", backend, "--device", "cpu", "--input", photo, "--output",
                                  str(tmp_path / f"{backend}.jpg"), "--json", str(out), "--cls-threshold", "0.25"],
                                 cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -130,6 +130,7 @@ def test_a_raw_export_is_refused_with_the_fix(exported, tmp_path):
     (["--nms-threshold", "0.6"], "was exported with NMS at IoU 0.5: export it again with --nms-threshold 0.6"),
     (["--annotations", "{toy}/annotations/instances_val2017.json"], "carries its own categories"),
     (["--amp"], "--amp and --device are PyTorch's"),
+    (["--device", "cuda"], "--amp and --device are PyTorch's"),  # whether or not there is a GPU
 ])
 def test_wrong_flags_for_an_exported_model_are_one_line(argv, message, exported, toy_root, tmp_path, monkeypatch,
                                                          capsys):
@@ -157,7 +158,8 @@ def test_int8_quantizes_the_convolutions_and_keeps_the_decoding_float(exported, 
                              "--output", str(out), "--with-nms", "--int8", "--data-path", toy_root,
                              "--calibration-images", "4"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "calibrating INT8 on 4 images" in result.stdout and "INT8 on openvino" in result.stdout
+    assert "calibrating INT8 on 4 images of " in result.stdout and "train2017" in result.stdout
+    assert "INT8 on openvino" in result.stdout
     graph = onnx.load(str(out))
     meta = {p.key: p.value for p in graph.metadata_props}
     assert meta["precision"] == "int8" and meta["model"] == "ssdlite"
@@ -182,3 +184,26 @@ def test_int8_needs_an_export_with_nms_and_data(argv, exported, toy_root, tmp_pa
     assert code == 1 and "--int8 quantizes a --with-nms export and calibrates on --data-path" in \
         capsys.readouterr().err
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_an_exported_file_where_a_checkpoint_is_expected_asks_for_the_pth(exported, toy_root, tmp_path, monkeypatch,
+                                                                          capsys):
+    code = run_script("train.py", ["--data-path", toy_root, "--model", "ssdlite", "--batch-size", "4",
+                                   "--save-folder", str(tmp_path / "s"), "--no-pretrained-backbone",
+                                   "--finetune-from", str(exported / "lite.onnx")], monkeypatch)
+    assert code == 1 and "is an exported ONNX model, not a checkpoint: give the .pth" in capsys.readouterr().err
+
+
+def test_threads_set_pytorchs_threads_too(exported, monkeypatch):
+    import torch
+
+    from src.cli import detector_from_args
+    from test_image import get_args_parser
+    before = torch.get_num_threads()
+    args = get_args_parser().parse_args(["--pretrained-model", str(exported / "lite.pth"), "--input", "x",
+                                         "--threads", "1"])
+    try:
+        detector_from_args(args, str(exported / "lite.pth"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -119,6 +119,9 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"checkpoint {path} is empty")
+    if path.lower().endswith(".onnx"):
+        raise CheckpointError(f"{path} is an exported ONNX model, not a checkpoint: give the .pth it was exported "
+                              "from (an exported model runs in test_image.py, test_video.py and test_dataset.py)")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
