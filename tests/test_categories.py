@@ -113,14 +113,20 @@ def test_a_renumbered_dataset_gives_the_same_evaluation(toy_root, renumbered, ch
     assert ap and ap == [line for line in second.out.splitlines() if "Average Precision" in line]
 
 
-def test_a_dataset_of_other_names_on_the_same_ids_is_refused(toy_root, checkpoint, tmp_path, monkeypatch, capsys):
+@pytest.fixture()
+def renamed(toy_root, tmp_path):
+    """The toy set whose val split calls one of its scored categories 'star' (same ids)."""
     root = tmp_path / "toy"
     shutil.copytree(toy_root, root)
     ann = coco_paths(str(root), "val")[0]
     data = json.loads(open(ann).read())
     next(c for c in data["categories"] if c["id"] == data["annotations"][0]["category_id"])["name"] = "star"
     open(ann, "w").write(json.dumps(data))
-    code = run_script("test_dataset.py", ["--pretrained-model", checkpoint, "--data-path", str(root),
+    return root
+
+
+def test_a_dataset_of_other_names_on_the_same_ids_is_refused(renamed, checkpoint, monkeypatch, capsys):
+    code = run_script("test_dataset.py", ["--pretrained-model", checkpoint, "--data-path", str(renamed),
                                           "--num-workers", "0"], monkeypatch)
     err = capsys.readouterr().err
     assert code == 1 and "categories the model was not trained on: 'star'" in err, err
@@ -132,14 +138,8 @@ def test_training_evaluates_a_renumbered_val_split_by_name(renumbered):
     assert train_set.category_ids == [2, 5, 9, 14] and val_set.label_ids == [5, 2, 14, 9]
 
 
-def test_training_refuses_a_val_split_of_other_names(toy_root, tmp_path):
-    root = tmp_path / "toy"
-    shutil.copytree(toy_root, root)
-    ann = coco_paths(str(root), "val")[0]
-    data = json.loads(open(ann).read())
-    next(c for c in data["categories"] if c["id"] == data["annotations"][0]["category_id"])["name"] = "star"
-    open(ann, "w").write(json.dumps(data))
-    args = train.get_args_parser().parse_args(["--data-path", str(root), "--batch-size", "2"])
+def test_training_refuses_a_val_split_of_other_names(renamed):
+    args = train.get_args_parser().parse_args(["--data-path", str(renamed), "--batch-size", "2"])
     with pytest.raises(DatasetError, match="not trained on: 'star'"):
         train.build_datasets(args, world_size=1)
 
