@@ -190,8 +190,7 @@ def load_exported(args, checkpoint, dataset) -> Loaded:
     ids, notes = match_by_name((detector.category_ids, detector.category_names), dataset.categories)
     for line in notes:
         print(line, file=sys.stderr)
-    return Loaded(ids, detector.category_names, f"{detector.model_name} exported ({detector.info.precision}) on "
-                  f"{detector.backend}", detector=detector)
+    return Loaded(ids, detector.category_names, detector.describe, detector=detector)
 
 
 def main(args):

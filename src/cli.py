@@ -250,7 +250,6 @@ def detector_from_args(args, checkpoint: str, categories: DatasetCategories | No
             raise UserError(f"{checkpoint} carries its own categories: --annotations is for a checkpoint without "
                             "category names")
         detector = ExportedDetector(checkpoint, backend, args.cls_threshold, args.nms_threshold, args.threads)
-        detector.describe = f"{detector.model_name} exported ({detector.info.precision}) on {backend}"
         if detector.floor_raised:
             print(f"note: {checkpoint} was exported with a score threshold of {detector.info.score_threshold:g}: "
                   "nothing below it is detected", file=sys.stderr)

@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -94,3 +95,18 @@ def ours(toy_root, tmp_path_factory):
                             timeout=600)
     assert result.returncode == 0, result.stderr
     return str(save / "ssdlite.pth")
+
+
+@pytest.fixture()
+def edited_toy(toy_root, tmp_path):
+    """``edited_toy(change)``: a copy of the toy set whose val annotation dict ``change`` edits in
+    place; returns the copy's root."""
+    def make(change):
+        root = tmp_path / "toy"
+        shutil.copytree(toy_root, root)
+        ann = root / "annotations" / "instances_val2017.json"
+        data = json.loads(ann.read_text())
+        change(data)
+        ann.write_text(json.dumps(data))
+        return root
+    return make

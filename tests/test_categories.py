@@ -64,20 +64,17 @@ def test_names_alike_only_when_normalised_are_compared_as_written():
 
 
 @pytest.fixture()
-def renumbered(toy_root, tmp_path):
+def renumbered(edited_toy):
     """The toy set whose val split numbers its categories otherwise: the same names and ids, the ids
     swapped in pairs (what id matching would silently get wrong)."""
-    root = tmp_path / "toy"
-    shutil.copytree(toy_root, root)
-    ann = coco_paths(str(root), "val")[0]
-    data = json.loads(open(ann).read())
     new = {2: 5, 5: 2, 9: 14, 14: 9}
-    for c in data["categories"]:
-        c["id"] = new[c["id"]]
-    for a in data["annotations"]:
-        a["category_id"] = new[a["category_id"]]
-    open(ann, "w").write(json.dumps(data))
-    return root
+
+    def swap(data):
+        for c in data["categories"]:
+            c["id"] = new[c["id"]]
+        for a in data["annotations"]:
+            a["category_id"] = new[a["category_id"]]
+    return edited_toy(swap)
 
 
 @pytest.fixture()
@@ -114,15 +111,11 @@ def test_a_renumbered_dataset_gives_the_same_evaluation(toy_root, renumbered, ch
 
 
 @pytest.fixture()
-def renamed(toy_root, tmp_path):
+def renamed(edited_toy):
     """The toy set whose val split calls one of its scored categories 'star' (same ids)."""
-    root = tmp_path / "toy"
-    shutil.copytree(toy_root, root)
-    ann = coco_paths(str(root), "val")[0]
-    data = json.loads(open(ann).read())
-    next(c for c in data["categories"] if c["id"] == data["annotations"][0]["category_id"])["name"] = "star"
-    open(ann, "w").write(json.dumps(data))
-    return root
+    def rename(data):
+        next(c for c in data["categories"] if c["id"] == data["annotations"][0]["category_id"])["name"] = "star"
+    return edited_toy(rename)
 
 
 def test_a_dataset_of_other_names_on_the_same_ids_is_refused(renamed, checkpoint, monkeypatch, capsys):

@@ -1,7 +1,6 @@
 """A set without a single ground-truth box has nothing to score: no twelve -1 printed as if they
 were COCO's numbers, no VOC mAP of 0."""
 import json
-import shutil
 
 import pytest
 import torch
@@ -13,15 +12,9 @@ from src.models.ssd import build_model
 
 
 @pytest.fixture()
-def unannotated(toy_root, tmp_path):
+def unannotated(edited_toy):
     """The toy set with every box of its val split taken away (images and categories kept)."""
-    root = tmp_path / "toy"
-    shutil.copytree(toy_root, root)
-    ann = coco_paths(str(root), "val")[0]
-    data = json.loads(open(ann).read())
-    data["annotations"] = []
-    open(ann, "w").write(json.dumps(data))
-    return root
+    return edited_toy(lambda data: data.update(annotations=[]))
 
 
 @pytest.fixture()

@@ -147,6 +147,10 @@ class ExportedDetector:
         self.category_ids, self.category_names = self.info.category_ids, self.info.category_names
         self.model_name = self.info.model
 
+    @property
+    def describe(self) -> str:
+        return f"{self.model_name} exported ({self.info.precision}) on {self.backend}"
+
     def __call__(self, images_rgb: list[np.ndarray]) -> list[Detections]:
         """Detect objects in uint8 RGB images (H, W, 3), each at its own size."""
         if not images_rgb:
