@@ -23,6 +23,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/shellcheck tools/train.sbatch tools/gpu_check.sh .ci/run
 
 demo: $(STAMP)
 	$(PY) demo.py

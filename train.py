@@ -32,6 +32,7 @@ from src.cli import (
     training_batch_size,
     zoom_factor,
 )
+from src.data.augment import COLOUR_DISTORTIONS
 from src.data.categories import match_by_name
 from src.data.crop import IOU_CROP_OPTIONS
 from src.data.dataset import (
@@ -52,9 +53,9 @@ from src.models.box_coder import BoxCoder
 from src.models.loss import MultiBoxLoss
 from src.models.postprocess import Postprocessor
 from src.models.specs import MODEL_NAMES
-from src.models.ssd import BACKBONE_WEIGHTS, build_model
+from src.models.ssd import BACKBONE_VERSIONS, build_model, imagenet_weights
 from src.training.loop import EpochStats, EpochTotals, Step, epoch_summary, train_one_epoch
-from src.training.optim import param_groups, scaled_lr, warmup_multistep
+from src.training.optim import batch_recipe, param_groups, scaled_lr, warmup_multistep
 from src.training.resume import (
     ResumableSampler,
     begin_epoch,
@@ -70,10 +71,23 @@ from src.utils.outputs import FolderLock, OutputGuard, folder_kept_only_if_used,
 
 EMPTY_NEGATIVES = 30  # hard negatives of an image without objects: those of an image with 10 positives
 CROP = "nvidia"  # NVIDIA's and the original's crop search: what the ablation chose (docs/results.md)
+COLOUR = "paper"  # the colour distortion: what the ablation chose (docs/results.md)
+
+
+class TrainArgumentParser(ArgumentParser):
+    """train.py's flags, with the checks of flags that only go together."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if parsed.detach_first_map and parsed.model != "ssdlite":
+            self.error("--detach-first-map applies to --model ssdlite only")
+        if parsed.channel_shuffle and parsed.colour != "paper":
+            self.error("--channel-shuffle is a step of --colour paper")
+        return parsed
 
 
 def get_args_parser():
-    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p = TrainArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-path", nargs="+", default=["/coco"], metavar="ROOT",
                    help="the dataset: COCO (annotations/, train2017/, val2017/), VOC (Annotations/, JPEGImages/, "
                         "ImageSets/Main/) or YOLO (data.yaml); several roots train on all their train splits and "
@@ -92,21 +106,30 @@ def get_args_parser():
     p.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 on the CPU")
     p.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster with --amp)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training")
-    p.add_argument("--lr", type=positive_float, default=2.6e-3,
-                   help="for 32 images a step; scaled by the global batch")
+    p.add_argument("--lr", type=learning_rate, default="auto",
+                   help="for 32 images a step; scaled by the global batch. auto: NVIDIA's, 2.6e-3 up to a global "
+                        "batch of 512, 2.7e-3 from 1024 (linear between)")
     p.add_argument("--momentum", type=sgd_momentum, default=0.9, help="SGD momentum, in [0, 1)")
     p.add_argument("--weight-decay", type=non_negative_float, default=5e-4, help="on conv weights, not on BN or biases")
     p.add_argument("--warmup", type=warmup_length, default="auto",
-                   help="iterations of linear warm-up; auto: NVIDIA's 300, or 5%% of the run's iterations when "
-                        "that is fewer (a short run on a small set is not spent warming up)")
+                   help="iterations of linear warm-up; auto: NVIDIA's for the global batch (300 up to 512 images "
+                        "a step, 1200 from 1024, linear between), shortened in proportion for runs of fewer than "
+                        "6000 iterations (a short run on a small set is not spent warming up: 5%% of it at 300)")
+    p.add_argument("--backbone-weights", choices=BACKBONE_VERSIONS, default=None,
+                   help="torchvision's ImageNet weights of the backbone (default: IMAGENET1K_V2 for ssd, NVIDIA's "
+                        "since 2022; IMAGENET1K_V1 for ssdlite, the original's)")
     p.add_argument("--zoom-out", type=zoom_factor, default=1.0,
                    help="largest zoom-out (expand) of the augmentation, e.g. 4 (the paper's, for small objects, "
                         "with a longer schedule); 1 turns it off")
     p.add_argument("--crop", choices=["paper", "nvidia"], default=CROP,
                    help="crop search: 'paper' tries 50 crops per draw, one box must overlap enough (torchvision's); "
                         "'nvidia' tries one, every box must (NVIDIA's and the original's; gentler)")
+    p.add_argument("--colour", choices=COLOUR_DISTORTIONS, default=COLOUR,
+                   help="colour distortion: 'paper' each of brightness, contrast, saturation, hue with chance 0.5 "
+                        "(the paper's code, torchvision's); 'nvidia' saturation, contrast and brightness on every "
+                        "image (NVIDIA's DALI pipeline)")
     p.add_argument("--photometric", type=fraction, default=1.0,
-                   help="strength of the colour distortion: 1 the paper's ranges, 0 off")
+                   help="strength of the colour distortion: 1 its full ranges, 0 off")
     p.add_argument("--empty-negatives", type=non_negative_int, default=EMPTY_NEGATIVES,
                    help="hardest negatives an image without objects contributes to the loss (0: none, as the paper)")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
@@ -267,7 +290,7 @@ def build_datasets(args, world_size: int):
     train_split, val_split = args.train_split or DEFAULT_SPLITS[fmt][0], args.val_split or DEFAULT_SPLITS[fmt][1]
     train_source = merge([source(root, train_split, fmt, "--train-split") for root in args.data_path], read_source)
     augment = train_transforms(zoom_out=args.zoom_out, photometric=args.photometric, crop=args.crop,
-                               min_ious=args.crop_ious, channel_shuffle=args.channel_shuffle)
+                               min_ious=args.crop_ious, channel_shuffle=args.channel_shuffle, colour=args.colour)
     train = dataset_from(train_source, augment, max_missing=args.max_bad_images)
     if args.skip_empty_images and train.drop_empty() and is_main_process():
         print(f"{len(train)} training images with annotations kept (--skip-empty-images)")
@@ -302,8 +325,11 @@ def create_model(args, num_classes: int, device, from_checkpoint: bool):
     finetune = args.finetune_from and not from_checkpoint
     pretrained = not args.no_pretrained_backbone and not from_checkpoint and not finetune
     if pretrained:
-        fetch_backbone_weights(args.model)
-    model = build_model(args.model, num_classes, pretrained_backbone=pretrained, detach_first_map=args.detach_first_map)
+        fetch_backbone_weights(args.model, args.backbone_weights)
+        if is_main_process():
+            print(f"Backbone: torchvision's {imagenet_weights(args.model, args.backbone_weights)}")
+    model = build_model(args.model, num_classes, pretrained_backbone=pretrained, detach_first_map=args.detach_first_map,
+                        backbone_weights=args.backbone_weights)
     if finetune:
         skipped = load_matching_weights(model, args.finetune_from)
         if is_main_process():
@@ -313,11 +339,11 @@ def create_model(args, num_classes: int, device, from_checkpoint: bool):
     return model.to(device, memory_format=memory_format)
 
 
-def fetch_backbone_weights(model_name: str):
+def fetch_backbone_weights(model_name: str, version: str | None):
     """torchvision's ImageNet weights of the backbone, downloaded once into the torch hub cache."""
     try:
         with folder_kept_only_if_used(os.path.join(torch.hub.get_dir(), "checkpoints")):
-            BACKBONE_WEIGHTS[model_name].get_state_dict(progress=is_main_process())
+            imagenet_weights(model_name, version).get_state_dict(progress=is_main_process())
     except (OSError, RuntimeError) as e:  # no network (a URLError is an OSError), or a corrupt download
         torch_home = os.environ.get("TORCH_HOME", "~/.cache/torch")
         raise UserError(f"could not get the ImageNet weights of the backbone ({e}); train with "
@@ -352,19 +378,36 @@ def warmup_length(text: str):
     return text if text == "auto" else non_negative_int(text)
 
 
-def warmup_iterations(args, iters_per_epoch: int) -> int:
-    """--warmup, or for "auto" NVIDIA's 300 iterations bounded by 5% of the run's."""
+def learning_rate(text: str):
+    """argparse type of --lr: "auto" or a positive number."""
+    return text if text == "auto" else positive_float(text)
+
+
+FULL_WARMUP_RUN = 6000  # iterations: runs shorter than this warm up for a share of NVIDIA's warm-up
+
+
+def warmup_iterations(args, iters_per_epoch: int, global_batch: int) -> int:
+    """--warmup, or for "auto" NVIDIA's for ``global_batch``, shortened in proportion for a run of
+    fewer than :data:`FULL_WARMUP_RUN` iterations: at most 5% of a run at NVIDIA's 300 (a
+    200-iteration run warms up for 10), 20% at its 1200. COCO at NVIDIA's global batches runs
+    7410 (1024) to 237000 (32) iterations in 65 epochs: its warm-ups are kept whole."""
     if args.warmup != "auto":
         return args.warmup
-    return min(300, max(1, round(0.05 * iters_per_epoch * args.epochs)))
+    run = iters_per_epoch * args.epochs
+    return max(1, round(batch_recipe(global_batch).warmup * min(1.0, run / FULL_WARMUP_RUN)))
+
+
+def lr_per_32(args, global_batch: int) -> float:
+    """--lr, or for "auto" NVIDIA's for ``global_batch``: the rate for 32 images a step."""
+    return batch_recipe(global_batch).lr if args.lr == "auto" else args.lr
 
 
 def build_step(args, model, iters_per_epoch: int, world_size: int, device) -> Step:
     """SGD (the lr scaled to the global batch), warm-up and drops, the AMP scaler: one training step."""
-    lr = scaled_lr(args.lr, args.batch_size, world_size)
+    lr = scaled_lr(lr_per_32(args, args.batch_size * world_size), args.batch_size, world_size)
     optimizer = torch.optim.SGD(param_groups(model, args.weight_decay, args.decay_all), lr=lr, momentum=args.momentum,
                                 nesterov=args.nesterov and args.momentum > 0)
-    warmup = warmup_iterations(args, iters_per_epoch)
+    warmup = warmup_iterations(args, iters_per_epoch, args.batch_size * world_size)
     return Step(optimizer, warmup_multistep(optimizer, iters_per_epoch, warmup, args.multistep), device,
                 scaler=torch.amp.GradScaler("cuda") if args.amp and device.type == "cuda" else None,
                 amp=args.amp, channels_last=args.channels_last, max_bad_share=args.max_bad_images)
@@ -428,10 +471,11 @@ def start_logging(args, train_set, val_set, world_size, step: Step, point,
         print(f"Resuming from {checkpoint_path(args)}: {point.epoch} epochs done{done}")
     if schedule_warning(args) and point.epoch < args.epochs:
         print(schedule_warning(args), file=sys.stderr)
+    batch = args.batch_size * world_size
     print(f"{args.model}: {train_set.num_classes - 1} classes, {len(train_set)} train / {len(val_set)} val "
           f"images, {world_size} process(es) on {step.device.type}, lr {step.lr_scheduler.base_lrs[0]:g} "
-          f"({args.lr:g} for 32 images a step) after {warmup_iterations(args, iters_per_epoch)} "
-          f"iterations of warm-up, TensorBoard in {log_dir(args)}")
+          f"({lr_per_32(args, batch):g} for 32 images a step, {batch} a step) after "
+          f"{warmup_iterations(args, iters_per_epoch, batch)} iterations of warm-up, TensorBoard in {log_dir(args)}")
     return SummaryWriter(log_dir(args), purge_step=step.lr_scheduler.last_epoch or None)
 
 
@@ -442,9 +486,11 @@ def finish_logging(writer, args, log: TrainingLog, world_size: int, trained: boo
         return
     last = log.history[-1] if log.history else {}
     if trained and last.get("epoch") == args.epochs and "AP" in last:
-        hparams = {"model": args.model, "batch_size": args.batch_size, "world_size": world_size, "lr": args.lr,
+        hparams = {"model": args.model, "batch_size": args.batch_size, "world_size": world_size,
+                   "lr": lr_per_32(args, args.batch_size * world_size),
                    "epochs": args.epochs, "warmup": str(args.warmup), "weight_decay": args.weight_decay,
-                   "amp": args.amp, "zoom_out": args.zoom_out, "pretrained_backbone": not args.no_pretrained_backbone,
+                   "amp": args.amp, "zoom_out": args.zoom_out, "backbone_weights": "none" if args.no_pretrained_backbone
+                   else imagenet_weights(args.model, args.backbone_weights).name,
                    "finetune_from": str(args.finetune_from)}
         writer.add_hparams(hparams, {"hparam/AP": last["AP"], "hparam/AP50": last["AP50"],
                                      "hparam/best_AP": log.best_map}, run_name="hparams")
@@ -499,10 +545,7 @@ def log_val_images(writer, val_set, results, epoch, count=4, min_score=0.3):
 
 
 if __name__ == "__main__":
-    parser = get_args_parser()
-    arguments = parser.parse_args()
-    if arguments.detach_first_map and arguments.model != "ssdlite":
-        parser.error("--detach-first-map applies to --model ssdlite only")
+    arguments = get_args_parser().parse_args()
     if arguments.local_rank is not None:
         os.environ.setdefault("LOCAL_RANK", str(arguments.local_rank))
     try:

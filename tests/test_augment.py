@@ -170,3 +170,65 @@ def test_nvidias_crop_rule_needs_every_box_and_keeps_the_image_more_often():
     assert (ious(nvidia) >= 0.3).all()  # every box overlaps enough
     assert (ious(paper) < 0.3).any()  # the paper's rule needs one box only
     assert sum(c == whole for c in nvidia) > 1.2 * sum(c == whole for c in paper)  # one trial: gentler
+
+
+def test_nvidias_crop_checks_the_aspect_on_sizes_relative_to_the_image():
+    """On a 4:1 image, NVIDIA's rule (DALI's relative coordinates, the original's SSDCropping) keeps
+    width/height as fractions of the image in [0.5, 2], so crops are 2 to 8 times wider than high in
+    pixels; the paper's rule (torchvision's) keeps the pixel ratio in [0.5, 2]."""
+    h, w = 100, 400
+    boxes = torch.tensor([[0.0, 0, 400, 100]])  # one box over everything: any crop holds its centre or not
+
+    def shapes(rule):
+        torch.manual_seed(0)
+        crops = [sample_crop(boxes, h, w, [0.0], rule) for _ in range(200)]
+        return torch.tensor([[(x1 - x0) / w, (y1 - y0) / h, (x1 - x0) / (y1 - y0)] for x0, y0, x1, y1 in crops])
+    relative, pixels = shapes(CROP_RULES["nvidia"]), shapes(CROP_RULES["paper"])
+    fraction_ratio = relative[:, 0] / relative[:, 1]
+    assert ((fraction_ratio > 0.5 - 0.1) & (fraction_ratio < 2 + 0.1)).all()  # pixel floors of a 100 px side
+    assert (relative[:, 2] > 2 - 0.1).all() and relative[:, 2].max() > 4
+    assert ((pixels[:, 2] >= 0.5) & (pixels[:, 2] <= 2)).all()
+
+
+def test_nvidias_colour_twist_is_dalis_formula():
+    """Saturation about the luma grey (DALI's hsv: a linear map along the grey axis), then contrast
+    about 128 and brightness, one rounding at the end: against the formula in float64."""
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    x = rgb.astype(np.float64)
+    luma = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
+    for s, c, b in [(0.5, 1.0, 1.0), (1.5, 0.6, 1.1), (1.2, 1.4, 0.9)]:
+        expected = np.clip(b * (128 + c * (luma + s * (x - luma) - 128)), 0, 255)
+        assert np.abs(augment.colour_twist(rgb, s, c, b).astype(np.float64) - expected).max() <= 1.0
+    grey = np.full((4, 4, 3), 90, np.uint8)
+    assert np.array_equal(augment.colour_twist(grey, 1.5, 1.0, 1.0), grey)  # no colour to scale
+
+
+def test_nvidias_colour_distortion_ranges_and_strength():
+    """Every image changes (no coin flips); contrast about 128 then brightness: a flat grey 128
+    image only moves by brightness, x[0.875, 1.125]; strength 0 is no change."""
+    rgb = np.random.default_rng(1).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    grey = np.full((8, 8, 3), 128, np.uint8)
+    torch.manual_seed(0)
+    changed = sum(not np.array_equal(augment.nvidia_colour(rgb), rgb) for _ in range(20))
+    assert changed == 20
+    levels = []
+    for seed in range(200):
+        torch.manual_seed(seed)
+        levels.append(int(augment.nvidia_colour(grey)[0, 0, 0]))
+    assert 112 <= min(levels) < 118 and 138 < max(levels) <= 144  # 128 x 0.875 = 112, x 1.125 = 144
+    for seed in range(10):
+        torch.manual_seed(seed)
+        assert np.array_equal(augment.nvidia_colour(rgb, strength=0.0), rgb)
+
+
+def test_the_colour_choice_reaches_the_training_transform():
+    image = tv_tensors.Image(torch.full((3, 60, 80), 128, dtype=torch.uint8))
+    target = {"boxes": tv_tensors.BoundingBoxes([[10, 10, 50, 50]], format="XYXY", canvas_size=(60, 80)),
+              "labels": torch.tensor([1])}
+    outs = {}
+    for colour in ("paper", "nvidia"):
+        torch.manual_seed(3)
+        outs[colour] = SSDAugmentation(size=32, colour=colour, min_ious=[1.0])(image, target)[0]
+    assert not torch.equal(outs["paper"], outs["nvidia"])
+    torch.manual_seed(3)
+    assert torch.equal(SSDAugmentation(size=32, colour="nvidia", min_ious=[1.0])(image, target)[0], outs["nvidia"])

@@ -52,11 +52,11 @@ def test_no_dead_parameters():
     assert unused == []
 
 
-@pytest.mark.parametrize("name, fn, weights", [
-    ("ssd", "resnet50", ResNet50_Weights.IMAGENET1K_V1),
-    ("ssdlite", "mobilenet_v2", MobileNet_V2_Weights.IMAGENET1K_V1),
+@pytest.mark.parametrize("name, fn, default, other", [
+    ("ssd", "resnet50", ResNet50_Weights.IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V1),
+    ("ssdlite", "mobilenet_v2", MobileNet_V2_Weights.IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V2),
 ])
-def test_pretrained_backbone_uses_torchvision_weights(name, fn, weights, monkeypatch):
+def test_pretrained_backbone_uses_torchvision_weights(name, fn, default, other, monkeypatch):
     seen = []
     real = getattr(model_module, fn)
 
@@ -65,8 +65,9 @@ def test_pretrained_backbone_uses_torchvision_weights(name, fn, weights, monkeyp
         return real(weights=None)
     monkeypatch.setattr(model_module, fn, fake)
     build_model(name, 3, pretrained_backbone=True)
-    build_model(name, 3, pretrained_backbone=False)
-    assert seen == [weights, None]
+    build_model(name, 3, pretrained_backbone=True, backbone_weights=other.name)
+    build_model(name, 3, pretrained_backbone=False, backbone_weights=other.name)
+    assert seen == [default, other, None]
 
 
 @pytest.mark.slow

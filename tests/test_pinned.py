@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from torchvision.models import _meta
+from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, _meta
 
 import train
 from src.cli import nms_threshold_of
@@ -19,7 +19,7 @@ from src.models.box_coder import BoxCoder
 from src.models.loss import MultiBoxLoss
 from src.models.postprocess import Postprocessor
 from src.models.specs import SSDLITE
-from src.models.ssd import build_model
+from src.models.ssd import build_model, imagenet_weights
 from src.training.optim import scaled_lr, warmup_multistep
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,23 +43,45 @@ def test_coco_category_table_is_cocos():
 
 def test_training_recipe_defaults_are_nvidias():
     """NVIDIA's SSD300 v1.1 (its README and main.py): 65 epochs, lr 2.6e-3 per 32 images, 300 warm-up
-    iterations, drops after epochs 43 and 54, momentum 0.9, weight decay 5e-4, batch 32."""
+    iterations, drops after epochs 43 and 54, momentum 0.9, weight decay 5e-4, batch 32, the ResNet-50
+    from IMAGENET1K_V2 (its release of October 2022)."""
     args = train.get_args_parser().parse_args([])
     coco_iters = 117266 // 32  # COCO 2017 train images with annotations, batch 32
-    assert (args.epochs, args.lr, train.warmup_iterations(args, coco_iters), args.multistep, args.momentum,
-            args.weight_decay, args.batch_size) == (65, 2.6e-3, 300, [43, 54], 0.9, 5e-4, 32)
+    assert (args.epochs, train.lr_per_32(args, 32), train.warmup_iterations(args, coco_iters, 32), args.multistep,
+            args.momentum, args.weight_decay, args.batch_size) == (65, 2.6e-3, 300, [43, 54], 0.9, 5e-4, 32)
     assert args.nms_threshold == 0.5 and args.zoom_out == 1.0 and args.crop == "nvidia"
+    assert imagenet_weights("ssd", args.backbone_weights) == ResNet50_Weights.IMAGENET1K_V2
+    assert imagenet_weights("ssdlite", args.backbone_weights) == MobileNet_V2_Weights.IMAGENET1K_V1
+    v1 = train.get_args_parser().parse_args(["--backbone-weights", "IMAGENET1K_V1"])
+    assert imagenet_weights("ssd", v1.backbone_weights) == ResNet50_Weights.IMAGENET1K_V1
+
+
+@pytest.mark.parametrize("gpus, per_gpu, lr, warmup", [
+    (1, 32, 2.6e-3, 300), (8, 32, 2.6e-3, 300), (8, 64, 2.6e-3, 300),  # examples/SSD300_FP16_{1,8}GPU.sh
+    (8, 128, 2.7e-3, 1200), (4, 256, 2.7e-3, 1200),  # examples/SSD300_A100_FP16_{8,4}GPU.sh
+    (16, 128, 2.7e-3, 741),  # beyond NVIDIA's largest: its 1024 setting, in a run of 3705 iterations
+    (12, 64, 2.65e-3, 750),  # 768, half-way between its two: half-way between their settings
+])
+def test_lr_and_warm_up_follow_nvidias_scripts_for_the_global_batch(gpus, per_gpu, lr, warmup):
+    args = train.get_args_parser().parse_args([])
+    coco_iters = 117266 // (gpus * per_gpu)
+    assert train.lr_per_32(args, gpus * per_gpu) == pytest.approx(lr)
+    assert train.warmup_iterations(args, coco_iters, gpus * per_gpu) == warmup
+    given = train.get_args_parser().parse_args(["--lr", "0.01", "--warmup", "40"])
+    assert train.lr_per_32(given, gpus * per_gpu) == 0.01 and train.warmup_iterations(given, 5, gpus * per_gpu) == 40
 
 
 def test_warm_up_fits_a_short_run_on_a_small_set():
-    """5% of the run's iterations when that is under NVIDIA's 300: 200 images at batch 8 for 65
-    epochs is 1625 iterations, 81 of them warming up (not 300, twelve epochs); --warmup N is N."""
+    """A run of fewer than 6000 iterations warms up for that share of NVIDIA's 300 (5% of it): 200
+    images at batch 8 for 65 epochs is 1625 iterations, 81 of them warming up (not 300, twelve
+    epochs); --warmup N is N."""
     args = train.get_args_parser().parse_args([])
-    assert train.warmup_iterations(args, 25) == 81
-    assert train.warmup_iterations(args, 1) == 3 and train.warmup_iterations(args, 92) == 299
+    assert train.warmup_iterations(args, 25, 8) == 81
+    assert train.warmup_iterations(args, 1, 8) == 3 and train.warmup_iterations(args, 92, 8) == 299
+    assert train.warmup_iterations(args, 92, 1024) == 1196  # the same share of NVIDIA's 1200 at 1024
     args = train.get_args_parser().parse_args(["--epochs", "1"])
-    assert train.warmup_iterations(args, 10) == 1  # never 0 by the rule: the first step is not at full rate
-    assert train.warmup_iterations(train.get_args_parser().parse_args(["--warmup", "500"]), 25) == 500
+    assert train.warmup_iterations(args, 10, 8) == 1  # never 0 by the rule: the first step is not at full rate
+    assert train.warmup_iterations(train.get_args_parser().parse_args(["--warmup", "500"]), 25, 8) == 500
 
 
 def test_learning_rate_scales_with_the_global_batch():

@@ -47,6 +47,7 @@ ROWS = {  # name: train.py flags
     "detach-first-map": ["--detach-first-map"],
     "warmup-300": ["--warmup", "300"],  # the default before issue 27: longer than this whole run
     "warmup-auto": ["--warmup", "auto"],  # today's default: 5% of the run (10 iterations here)
+    "colour-nvidia": ["--colour", "nvidia"],  # NVIDIA's DALI colour distortion, on every image
 }
 
 

@@ -12,7 +12,7 @@
 #   bash tools/gpu_check.sh [OUT]            # OUT defaults to gpu_check/
 #   GPU_CHECK_DEVICE=cpu bash tools/gpu_check.sh /tmp/dry   # a dry run of the script on the CPU
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 out=${1:-gpu_check}
 device=${GPU_CHECK_DEVICE:-cuda}
 py=${PYTHON:-python}

@@ -147,6 +147,33 @@ def photometric_distort(rgb: np.ndarray, strength: float = 1.0, channel_shuffle:
     return rgb
 
 
+def nvidia_colour(rgb: np.ndarray, strength: float = 1.0) -> np.ndarray:
+    """NVIDIA's SSD300 v1.1 colour distortion (its DALI pipeline), on every image: saturation
+    x[0.5, 1.5], then contrast x[0.5, 1.5] about the middle grey 128, then brightness
+    x[0.875, 1.125]. Its hue shift, +-0.5 degrees (DALI's hue is in degrees), changes a channel by
+    2 grey levels at most and is left out. Each range shrinks towards no change with ``strength``.
+
+    :param rgb: (H, W, 3) uint8
+    :return: (H, W, 3) uint8
+    """
+    r = torch.rand(3).tolist()
+    saturation, contrast, brightness = (1 + (2 * u - 1) * half * strength for u, half in zip(r, (0.5, 0.5, 0.125)))
+    return colour_twist(rgb, saturation, contrast, brightness)
+
+
+def colour_twist(rgb: np.ndarray, saturation: float, contrast: float, brightness: float) -> np.ndarray:
+    """DALI's saturation (its ``hsv`` operator: the colour's distance from the grey axis scaled,
+    the grey, luma Y = 0.299 R + 0.587 G + 0.114 B, kept), then its ``brightness_contrast`` about
+    128, in float with one rounding at the end, as DALI's float intermediate:
+    ``brightness * (128 + contrast * (Y + saturation * (c - Y) - 128))`` per channel c."""
+    grey = cv2.cvtColor(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+    gain = brightness * contrast
+    return cv2.addWeighted(rgb, gain * saturation, grey, gain * (1 - saturation), brightness * 128 * (1 - contrast))
+
+
+COLOUR_DISTORTIONS = ("paper", "nvidia")  # photometric_distort, nvidia_colour: --colour's choices
+
+
 def _affine(rgb, scale, shift):
     lut = np.clip(np.arange(256) * scale + shift, 0, 255).astype(np.uint8)
     return cv2.LUT(rgb, lut)

@@ -23,18 +23,22 @@ class CropRule:
     ``trials`` random crops are tried; a crop qualifies when it has the right shape, holds the
     centre of a box, and overlaps by at least the minimum IoU one of the boxes whose centre
     it holds (``all_boxes=False``) or every box of the image (``all_boxes=True``). When none
-    qualifies, a new minimum IoU is drawn.
+    qualifies, a new minimum IoU is drawn. The shape's check is on the crop's width / height in
+    pixels, or (``relative_aspect``) on its width and height as fractions of the image's: on a
+    640x480 image the first allows fractions w/h in [0.375, 1.5], the second [0.5, 2].
     """
     trials: int
     all_boxes: bool
+    relative_aspect: bool = False
 
 
 CROP_RULES = {
     # the paper's code (and torchvision's RandomIoUCrop): 50 trials, one box overlapping enough
     "paper": CropRule(trials=50, all_boxes=False),
-    # NVIDIA's SSD300 v1.1 (and the original repository): one trial, every box overlapping enough;
+    # NVIDIA's SSD300 v1.1 (DALI's RandomBBoxCrop in relative coordinates, and the original
+    # repository's SSDCropping): one trial, every box overlapping enough, the aspect relative;
     # gentler: the whole image comes back about half of the time
-    "nvidia": CropRule(trials=1, all_boxes=True),
+    "nvidia": CropRule(trials=1, all_boxes=True, relative_aspect=True),
 }
 
 
@@ -56,11 +60,12 @@ def sample_crop(boxes: torch.Tensor, h: int, w: int, min_ious, rule: CropRule = 
         if len(boxes) == 0:
             continue  # only "keep" can end the draw (as in torchvision's RandomIoUCrop)
         r = torch.rand(rule.trials, 4)
-        size = torch.tensor([w, h]) * (CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * r[:, :2])
-        size = size.floor()  # (T, 2) crop width, height
+        fraction = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * r[:, :2]  # (T, 2) of the width, height
+        size = (torch.tensor([w, h]) * fraction).floor()  # (T, 2) crop width, height in pixels
         start = ((torch.tensor([w, h]) - size) * r[:, 2:]).floor()  # (T, 2) left, top
         crops = torch.cat([start, start + size], dim=1)  # (T, 4)
-        aspect = size[:, 0] / size[:, 1].clamp(min=1)
+        shape = fraction if rule.relative_aspect else size
+        aspect = shape[:, 0] / shape[:, 1].clamp(min=1e-6)
         ok = (size > 0).all(1) & (aspect >= CROP_ASPECT[0]) & (aspect <= CROP_ASPECT[1])
         inside = ((centres[None] > crops[:, None, :2]) & (centres[None] < crops[:, None, 2:])).all(2)  # (T, n)
         ious = box_iou(crops, boxes)  # (T, n)

@@ -22,7 +22,8 @@ class SSDAugmentation:
     """The training transform: zoom-out (up to ``zoom_out`` x; 1 turns it off), IoU-constrained
     crop, flip and resize to ``size`` in one resampling, photometric distortion on the small
     image (its ranges scaled by ``photometric``; 0 turns it off), normalisation. ``crop`` names
-    the crop search (:data:`src.data.crop.CROP_RULES`: "paper" or "nvidia"). See
+    the crop search (:data:`src.data.crop.CROP_RULES`: "paper" or "nvidia"), ``colour`` the
+    colour distortion (:data:`src.data.augment.COLOUR_DISTORTIONS`: "paper" or "nvidia"). See
     :mod:`src.data.augment` for why this is not a ``v2.Compose``.
 
     Takes and returns ``(image, target)``: a uint8 (3, H, W) image and ``target["boxes"]``
@@ -32,9 +33,11 @@ class SSDAugmentation:
     """
 
     def __init__(self, size: int = 300, zoom_out: float = 1.0, min_ious=IOU_CROP_OPTIONS, photometric=1.0,
-                 crop: str = "nvidia", channel_shuffle: float = 0.0):
+                 crop: str = "nvidia", channel_shuffle: float = 0.0, colour: str = "paper"):
         self.size, self.zoom_out, self.min_ious, self.photometric = size, zoom_out, tuple(min_ious), photometric
-        self.channel_shuffle = channel_shuffle
+        if channel_shuffle and colour != "paper":
+            raise ValueError("channel_shuffle is a step of the paper's colour distortion")
+        self.channel_shuffle, self.colour = channel_shuffle, colour
         self.crop_rule = CROP_RULES[crop]
         self.fill = [round(255 * m) for m in IMAGENET_MEAN]
         self.normalize = v2.Compose(_normalize())
@@ -44,7 +47,9 @@ class SSDAugmentation:
         boxes = target["boxes"].as_subclass(torch.Tensor)
         g = augment.sample_geometry(boxes, h, w, self.zoom_out, self.min_ious, self.crop_rule)
         pixels = augment.render(image.as_subclass(torch.Tensor), g, self.size, self.fill)
-        if self.photometric > 0 or self.channel_shuffle > 0:
+        if self.colour == "nvidia" and self.photometric > 0:
+            pixels = augment.nvidia_colour(pixels, self.photometric)
+        elif self.colour == "paper" and (self.photometric > 0 or self.channel_shuffle > 0):
             pixels = augment.photometric_distort(pixels, self.photometric, self.channel_shuffle)
         boxes, labels = augment.move_boxes(boxes, target["labels"], g, self.size)
         image = tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1).contiguous())  # (3, size, size) uint8
@@ -57,9 +62,9 @@ class SSDAugmentation:
 
 
 def train_transforms(size: int = 300, zoom_out: float = 1.0, photometric: float = 1.0, crop: str = "nvidia",
-                     min_ious=IOU_CROP_OPTIONS, channel_shuffle: float = 0.0):
+                     min_ious=IOU_CROP_OPTIONS, channel_shuffle: float = 0.0, colour: str = "paper"):
     """The SSD paper's augmentation; see :class:`SSDAugmentation`."""
-    return SSDAugmentation(size, zoom_out, min_ious, photometric, crop, channel_shuffle)
+    return SSDAugmentation(size, zoom_out, min_ious, photometric, crop, channel_shuffle, colour)
 
 
 def val_transforms(size: int = 300) -> v2.Compose:

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from src.evaluation.coco_eval import coco_evaluate, to_coco_results
 from src.utils.device import autocast, to_input
-from src.utils.distributed import broadcast_object, gather_lists, is_main_process
+from src.utils.distributed import gather_lists, is_main_process
 from src.utils.errors import DatasetError, ImageReadError
 from src.utils.stopwatch import no_stopwatch
 
@@ -65,7 +65,10 @@ def evaluate(model, loader, postprocess, device, *, category_ids=None, amp=False
     annotations included; image files that cannot be decoded are left out, with a warning).
 
     Each rank predicts the shard its loader reads (:func:`~src.data.dataset.eval_loader`); the
-    detections are gathered and the main process runs COCOeval and prints the 12-line summary.
+    detections are gathered, and every rank runs COCOeval on all of them (the main process
+    prints the 12-line summary). No rank waits in a collective while another scores, so a
+    COCOeval longer than the process group's timeout (``--dist-timeout``) cannot fail the run;
+    it costs each rank the CPU time of one COCOeval.
     :param postprocess: a :class:`~src.models.postprocess.Postprocessor`, raw outputs -> detections
     :param category_ids: dataset category id of each label 1..K (default: the dataset's own)
     :param score: False: detections only, no COCOeval (a set without ground truth has nothing to score)
@@ -78,20 +81,20 @@ def evaluate(model, loader, postprocess, device, *, category_ids=None, amp=False
     detections, image_ids, sizes = predict(model, loader, postprocess, device, amp=amp, channels_last=channels_last,
                                            watch=watch)
     results = gather_lists(to_coco_results(detections, image_ids, sizes, category_ids))
-    return broadcast_object(_score(dataset, results, gather_lists(image_ids), score, watch)), results
+    return _score(dataset, results, gather_lists(image_ids), score, watch), results
 
 
 def _score(dataset, results, evaluated, score, watch, verbose=True):
-    """COCOeval of ``results`` on the images that could be read (on the main process), or None."""
+    """COCOeval of ``results`` on the images that could be read (the same on every rank), or None."""
     if not evaluated:
         raise DatasetError(f"none of the {len(dataset)} images of {dataset.image_dir} could be read (named above)")
-    if not (is_main_process() and score):
+    if not score:
         return None
-    if len(evaluated) < len(dataset):
+    if len(evaluated) < len(dataset) and is_main_process():
         print(f"warning: {len(dataset) - len(evaluated)} of {len(dataset)} images could not be read and are "
               "left out of the evaluation (named above)", file=sys.stderr)
     with watch("COCOeval"):
-        return coco_evaluate(dataset.coco, results, image_ids=evaluated, verbose=verbose)
+        return coco_evaluate(dataset.coco, results, image_ids=evaluated, verbose=verbose and is_main_process())
 
 
 def evaluate_images(detector, dataset, batch_size: int, *, category_ids, watch=no_stopwatch, score=True,

@@ -1,13 +1,16 @@
-"""Stopping training cleanly on SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption)."""
+"""Stopping training cleanly on SIGINT (Ctrl-C), SIGTERM (a cluster's preemption) or SIGUSR1
+(SLURM's warning before a job's time limit: ``tools/train.sbatch``)."""
 import signal
 
 import torch
 
 from src.utils.distributed import all_reduce_sum, is_distributed
 
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
 
 class GracefulStop:
-    """After the first SIGINT or SIGTERM, :meth:`should_stop` turns true at a step boundary, so
+    """After the first SIGINT, SIGTERM or SIGUSR1, :meth:`should_stop` turns true at a step boundary, so
     the step in flight finishes and a checkpoint can be written. A second Ctrl-C stops at once.
 
     In a process group the ranks agree (every ``sync_every`` steps) so that all stop together.
@@ -19,7 +22,7 @@ class GracefulStop:
         self._previous = {}
 
     def install(self) -> "GracefulStop":
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -1,30 +1,34 @@
-"""Process-group set-up from the torchrun environment; a no-op in a single process."""
+"""Process-group set-up from torchrun's or SLURM's environment; a no-op in a single process."""
 import datetime
-import os
 
 import torch
 import torch.distributed as dist
 
+from src.utils.launch import find_launch
+
 
 def init_distributed(device_name: str, timeout_s: float = 600):
-    """Join the process group that torchrun (or torch.distributed.launch) describes; without
-    them, a single process with no group.
+    """Join the process group that torchrun (or torch.distributed.launch) describes, or that a
+    SLURM job step does (``srun python train.py``: :func:`~src.utils.launch.find_launch`);
+    without them, a single process with no group.
 
     NCCL on CUDA, gloo on the CPU. A rank that dies makes the others fail within
-    ``timeout_s`` instead of hanging.
+    ``timeout_s`` instead of hanging. On CUDA, local rank r uses GPU r of those it sees (modulo
+    their number: a task bound to one GPU uses it).
     :return: ``(rank, local_rank, world_size, device)``
     """
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    # torchrun (or the launch module) sets these; its one-process runs join a group too, so they
-    # use the same collectives (NCCL, gloo) as runs of many processes
-    launched = all(k in os.environ for k in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    launch = find_launch()
+    # torchrun's one-process runs join a group too, so they use the same collectives (NCCL,
+    # gloo) as runs of many processes
+    rank, local_rank, world_size = (launch.rank, launch.local_rank, launch.world_size) if launch else (0, 0, 1)
     device = torch.device(device_name)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank if launched else (device.index or 0))
+        device = torch.device("cuda", local_rank % torch.cuda.device_count() if launch else (device.index or 0))
         torch.cuda.set_device(device)
-    if launched and not dist.is_initialized():
+    if launch and not dist.is_initialized():
+        launch.export()
+        if launch.launcher == "slurm" and rank == 0:
+            print(f"SLURM job step: {world_size} processes, rank 0 at {launch.master_addr}:{launch.master_port}")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=device if device.type == "cuda" else None)
@@ -77,15 +81,7 @@ def broadcast_buffers(module: torch.nn.Module):
             dist.broadcast(buffer, src=0)
 
 
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every rank."""
-    if not is_distributed():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def cleanup():
     if is_distributed():
         dist.destroy_process_group()
+
