@@ -8,9 +8,11 @@ import sys
 
 import pytest
 import torch
-
-from src.utils.launch import expand_hostlist, find_launch, job_port
 from test_train import PY, ROOT, TORCHRUN, ckpt, free_port, run, train_cmd, wait_for
+
+from src.utils.distributed import cuda_index
+from src.utils.errors import UserError
+from src.utils.launch import expand_hostlist, find_launch, job_port
 
 SBATCH = os.path.join(ROOT, "tools", "train.sbatch")
 
@@ -54,6 +56,18 @@ def test_torchrun_wins_and_a_batch_script_or_one_task_is_a_single_process():
     assert find_launch(srun_env(0, 1)) is None and find_launch({}) is None
 
 
+def test_each_local_rank_takes_its_own_gpu_or_the_one_it_is_bound_to(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert [cuda_index(r) for r in (0, 3, 7)] == [0, 3, 7]
+    with pytest.raises(UserError, match="local rank 8 on a node where this process sees 8 GPUs"):
+        cuda_index(8)  # 16 tasks a node for 8 GPUs: two would share one
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert cuda_index(5) == 0  # srun --gpus-per-task=1: each task sees only its own
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(UserError, match="no CUDA GPU is visible"):
+        cuda_index(0)
+
+
 def _popen_logged(cmd, env, log):
     out = open(log, "w")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT), out
@@ -62,35 +76,50 @@ def _popen_logged(cmd, env, log):
 @pytest.mark.slow
 def test_srun_without_torchrun_trains_as_torchrun_does_and_scoring_outlasts_the_group_timeout(toy_root, tmp_path):
     """Two processes given srun's variables by the test (no torchrun) train an epoch and score it;
-    COCOeval is made 25 s longer than the 8 s group timeout: every rank scores, none waits in a
+    COCOeval is made 35 s longer than the 20 s group timeout: every rank scores, none waits in a
     collective meanwhile, so the run ends well, with the same losses and AP as torchrun's."""
-    args = ["--batch-size", "2", "--dist-timeout", "8"]
     by_torchrun, by_srun = tmp_path / "torchrun", tmp_path / "srun"
-    result = run([*TORCHRUN, "--nproc_per_node=2", "--standalone", *train_cmd(toy_root, by_torchrun, *args,
-                                                                               eval_every=1)[1:]])
+    result = run([*TORCHRUN, "--nproc_per_node=2", "--standalone", *train_cmd(toy_root, by_torchrun, "--batch-size",
+                                                                               "2", eval_every=1)[1:]])
     assert result.returncode == 0, result.stderr
     port = free_port()
     procs = []
     for rank in range(2):
-        env = {**os.environ, **srun_env(rank, 2, nodes="localhost"), "MASTER_PORT": str(port), "SCORING_DELAY": "25",
+        env = {**os.environ, **srun_env(rank, 2, nodes="localhost"), "MASTER_PORT": str(port), "SCORING_DELAY": "35",
                "OMP_NUM_THREADS": "1"}
-        procs.append(_popen_logged([PY, "tests/slow_scoring.py", *train_cmd(toy_root, by_srun, *args, eval_every=1)[2:]],
-                                   env, tmp_path / f"rank{rank}.log"))
+        cmd = train_cmd(toy_root, by_srun, "--batch-size", "2", "--dist-timeout", "20", eval_every=1)[2:]
+        procs.append(_popen_logged([PY, "tests/slow_scoring.py", *cmd], env, tmp_path / f"rank{rank}.log"))
     for proc, out in procs:
         proc.wait(timeout=600)
         out.close()
     logs = [(tmp_path / f"rank{rank}.log").read_text() for rank in range(2)]
     assert [p.returncode for p, _ in procs] == [0, 0], logs
     assert "SLURM job step: 2 processes, rank 0 at localhost" in logs[0]
+    assert all("slow COCOeval: 35 s more" in log for log in logs)  # every rank scored, slowly
     a, b = ckpt(by_torchrun)["history"], ckpt(by_srun)["history"]
     assert len(a) == len(b) == 1 and "AP" in b[0]
     assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-6) and b[0]["AP"] == pytest.approx(a[0]["AP"], abs=1e-9)
 
 
+SRUN = """#!/bin/bash
+# srun as SLURM's: one task here; SIGUSR1 passed on to it, SIGTERM answered by killing it
+while [[ "$1" == --* ]]; do shift; done
+"$@" &
+task=$!
+trap 'kill -USR1 $task' USR1
+trap 'kill -KILL $task' TERM
+while :; do
+    wait $task
+    status=$?
+    kill -0 $task 2>/dev/null || exit $status
+done
+"""
+
+
 def _stubs(folder):
     """srun runs its command here as one task; scontrol notes what it is asked."""
     folder.mkdir()
-    (folder / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (folder / "srun").write_text(SRUN)
     (folder / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {folder}/scontrol.calls\n')
     for name in ("srun", "scontrol"):
         (folder / name).chmod((folder / name).stat().st_mode | stat.S_IEXEC)
@@ -124,6 +153,23 @@ def test_sbatch_script_saves_on_the_time_limit_signal_requeues_and_the_requeued_
     assert b["epoch"] == 3 and a["iteration"] == b["iteration"]
     for name, w in a["model"].items():
         assert torch.equal(w, b["model"][name]), name
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_sbatch_script_saves_through_srun_and_ends_the_job_without_a_requeue(toy_root, tmp_path):
+    """srun kills its tasks on SIGTERM: the script passes SIGUSR1 on instead, so the run saves."""
+    stubs = _stubs(tmp_path / "bin")
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "SLURM_JOB_ID": "78", "SLURM_SUBMIT_DIR": ROOT,
+           "PYTHON": PY, "OMP_NUM_THREADS": "1"}
+    save = tmp_path / "save"
+    job, out = _popen_logged(["bash", SBATCH, *train_cmd(toy_root, save, epochs=3)[2:]], env, tmp_path / "job.log")
+    wait_for(tmp_path / "job.log", "epoch 1/3")
+    job.send_signal(signal.SIGTERM)  # scancel --batch --signal=TERM
+    job.wait(timeout=600)
+    out.close()
+    log = (tmp_path / "job.log").read_text()
+    assert job.returncode == 0 and "SIGTERM: saving and stopping" in log, log
+    assert ckpt(save)["epoch"] < 3 and not (stubs / "scontrol.calls").exists()
 
 
 @pytest.mark.slow

@@ -251,12 +251,14 @@ def worker_init(worker_id):
     """DataLoader workers run one OpenCV thread each, as torch does: the images are small and
     many workers with a thread per core each would fight over the cores.
 
-    They ignore SIGINT and SIGTERM: Ctrl-C, `timeout` and a cluster's scancel signal the whole
-    process group, and a worker killed by SIGTERM makes the main process raise before it can
-    save. The main process decides when to stop and shuts its workers down."""
+    They ignore SIGINT, SIGTERM and SIGUSR1: Ctrl-C, `timeout` and a cluster's scancel signal the
+    whole process group (srun passes SLURM's time-limit warning to every process of the step), and
+    a worker killed by a signal makes the main process raise before it can save. The main process
+    decides when to stop and shuts its workers down."""
     cv2.setNumThreads(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def collate(batch):

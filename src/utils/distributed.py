@@ -4,6 +4,7 @@ import datetime
 import torch
 import torch.distributed as dist
 
+from src.utils.errors import UserError
 from src.utils.launch import find_launch
 
 
@@ -23,7 +24,7 @@ def init_distributed(device_name: str, timeout_s: float = 600):
     rank, local_rank, world_size = (launch.rank, launch.local_rank, launch.world_size) if launch else (0, 0, 1)
     device = torch.device(device_name)
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank % torch.cuda.device_count() if launch else (device.index or 0))
+        device = torch.device("cuda", cuda_index(local_rank) if launch else (device.index or 0))
         torch.cuda.set_device(device)
     if launch and not dist.is_initialized():
         launch.export()
@@ -33,6 +34,19 @@ def init_distributed(device_name: str, timeout_s: float = 600):
                                 timeout=datetime.timedelta(seconds=timeout_s),
                                 device_id=device if device.type == "cuda" else None)
     return rank, local_rank, world_size, device
+
+
+def cuda_index(local_rank: int) -> int:
+    """The GPU of local rank ``local_rank``: GPU ``local_rank`` of those this process sees, or
+    the one it sees when the launcher bound each process to its own (``srun --gpus-per-task=1``,
+    ``--gpu-bind``); two processes on one GPU are refused."""
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise UserError("no CUDA GPU is visible to this process: request GPUs for it, or train with --device cpu")
+    if count > 1 and local_rank >= count:
+        raise UserError(f"local rank {local_rank} on a node where this process sees {count} GPUs: start as many "
+                        "processes per node as GPUs (--nproc_per_node, or --ntasks-per-node with --gpus-per-node)")
+    return local_rank % count
 
 
 def is_distributed() -> bool:
