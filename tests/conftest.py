@@ -85,6 +85,18 @@ def toy_root(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ddp_run(toy_root, tmp_path_factory):
+    """The save folder of one torchrun run of two gloo processes on the toy set, one epoch,
+    evaluated (``DDP_ARGS``): shared by the tests that compare against it (half a minute each)."""
+    from test_train import DDP_ARGS, TORCHRUN, run, train_cmd
+    save = tmp_path_factory.mktemp("ddp")
+    result = run([*TORCHRUN, "--nproc_per_node=2", "--standalone",
+                  *train_cmd(toy_root, save, *DDP_ARGS, eval_every=1)[1:]])
+    assert result.returncode == 0, result.stderr
+    return save
+
+
+@pytest.fixture(scope="session")
 def ours(toy_root, tmp_path_factory):
     """A checkpoint written by train.py (one short epoch), with its TensorBoard folder beside it in tb/."""
     save = tmp_path_factory.mktemp("trained")

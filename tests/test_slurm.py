@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from test_train import PY, ROOT, TORCHRUN, ckpt, free_port, run, train_cmd, wait_for
+from test_train import DDP_ARGS, PY, ROOT, ckpt, free_port, run, train_cmd, wait_for
 
 from src.utils.distributed import cuda_index
 from src.utils.errors import UserError
@@ -74,20 +74,18 @@ def _popen_logged(cmd, env, log):
 
 
 @pytest.mark.slow
-def test_srun_without_torchrun_trains_as_torchrun_does_and_scoring_outlasts_the_group_timeout(toy_root, tmp_path):
+def test_srun_without_torchrun_trains_as_torchrun_does_and_scoring_outlasts_the_group_timeout(toy_root, ddp_run,
+                                                                                              tmp_path):
     """Two processes given srun's variables by the test (no torchrun) train an epoch and score it;
     COCOeval is made 35 s longer than the 20 s group timeout: every rank scores, none waits in a
     collective meanwhile, so the run ends well, with the same losses and AP as torchrun's."""
-    by_torchrun, by_srun = tmp_path / "torchrun", tmp_path / "srun"
-    result = run([*TORCHRUN, "--nproc_per_node=2", "--standalone", *train_cmd(toy_root, by_torchrun, "--batch-size",
-                                                                               "2", eval_every=1)[1:]])
-    assert result.returncode == 0, result.stderr
+    by_srun = tmp_path / "srun"
     port = free_port()
     procs = []
     for rank in range(2):
         env = {**os.environ, **srun_env(rank, 2, nodes="localhost"), "MASTER_PORT": str(port), "SCORING_DELAY": "35",
                "OMP_NUM_THREADS": "1"}
-        cmd = train_cmd(toy_root, by_srun, "--batch-size", "2", "--dist-timeout", "20", eval_every=1)[2:]
+        cmd = train_cmd(toy_root, by_srun, *DDP_ARGS, "--dist-timeout", "20", eval_every=1)[2:]
         procs.append(_popen_logged([PY, "tests/slow_scoring.py", *cmd], env, tmp_path / f"rank{rank}.log"))
     for proc, out in procs:
         proc.wait(timeout=600)
@@ -96,7 +94,7 @@ def test_srun_without_torchrun_trains_as_torchrun_does_and_scoring_outlasts_the_
     assert [p.returncode for p, _ in procs] == [0, 0], logs
     assert "SLURM job step: 2 processes, rank 0 at localhost" in logs[0]
     assert all("slow COCOeval: 35 s more" in log for log in logs)  # every rank scored, slowly
-    a, b = ckpt(by_torchrun)["history"], ckpt(by_srun)["history"]
+    a, b = ckpt(ddp_run)["history"], ckpt(by_srun)["history"]  # torchrun's, the same flags
     assert len(a) == len(b) == 1 and "AP" in b[0]
     assert b[0]["loss"] == pytest.approx(a[0]["loss"], rel=1e-6) and b[0]["AP"] == pytest.approx(a[0]["AP"], abs=1e-9)
 

@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow  # subprocesses: `make test-fast` leaves this file
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 TORCHRUN = [PY, "-m", "torch.distributed.run"]
+DDP_ARGS = ("--batch-size", "2", "--channels-last")  # the ddp_run fixture's (conftest.py); NHWC as test_dataset.py
 
 
 def train_cmd(toy_root, save, *extra, epochs=1, eval_every=0):
@@ -220,18 +221,14 @@ def test_a_failure_names_the_checkpoint_kept_only_when_there_is_one(tmp_path):
     assert f"{path} (after epoch 3) is kept" in what_is_saved(str(path))
 
 
-def test_the_map_reported_in_ddp_is_the_map_of_the_saved_checkpoint(toy_root, tmp_path):
+def test_the_map_reported_in_ddp_is_the_map_of_the_saved_checkpoint(toy_root, ddp_run, tmp_path):
     """Each rank's BatchNorm statistics end the epoch on its own last batch; the evaluation must
     use rank 0's (those saved), so test_dataset.py on the checkpoint finds the same AP, exactly.
     An untrained 5-class head scores ~0.2 everywhere: many candidates, an AP that moves with any weight."""
-    cmd = [*TORCHRUN, "--nproc_per_node=2", "--standalone",  # NHWC, as test_dataset.py runs
-           *train_cmd(toy_root, tmp_path, "--batch-size", "2", "--channels-last", eval_every=1)[1:]]
-    result = run(cmd)
-    assert result.returncode == 0, result.stderr
-    reported = ckpt(tmp_path)["history"][-1]
+    reported = ckpt(ddp_run)["history"][-1]
     detections = tmp_path / "detections.json"
     again = run([*TORCHRUN, "--nproc_per_node=2", "--standalone", "test_dataset.py",
-                 "--pretrained-model", str(tmp_path / "ssdlite.pth"), "--data-path", toy_root, "--batch-size", "2",
+                 "--pretrained-model", str(ddp_run / "ssdlite.pth"), "--data-path", toy_root, "--batch-size", "2",
                  "--num-workers", "0", "--json", str(detections)])
     assert again.returncode == 0, again.stderr
     ann, images = coco_paths(toy_root, "val")
