@@ -390,7 +390,7 @@ def warmup_iterations(args, iters_per_epoch: int, global_batch: int) -> int:
     """--warmup, or for "auto" NVIDIA's for ``global_batch``, shortened in proportion for a run of
     fewer than :data:`FULL_WARMUP_RUN` iterations: at most 5% of a run at NVIDIA's 300 (a
     200-iteration run warms up for 10), 20% at its 1200. COCO at NVIDIA's global batches runs
-    7410 (1024) to 237000 (32) iterations in 65 epochs: its warm-ups are kept whole."""
+    7,475 (1024) to 240,240 (32) iterations in 65 epochs: its warm-ups are kept whole."""
     if args.warmup != "auto":
         return args.warmup
     run = iters_per_epoch * args.epochs
