@@ -127,8 +127,8 @@ def photometric_distort(rgb: np.ndarray, strength: float = 1.0, channel_shuffle:
     r = torch.rand(9).tolist()
     contrast_first = r[2] < 0.5
 
-    def factor(u, half_range):  # u in [0, 1) -> 1 +- half_range * strength
-        return 1 + (2 * u - 1) * half_range * strength
+    def factor(u, half_range):
+        return _factor(u, half_range, strength)
 
     if r[0] < 0.5:
         rgb = _affine(rgb, factor(r[1], 0.125), 0.0)
@@ -157,7 +157,7 @@ def nvidia_colour(rgb: np.ndarray, strength: float = 1.0) -> np.ndarray:
     :return: (H, W, 3) uint8
     """
     r = torch.rand(3).tolist()
-    saturation, contrast, brightness = (1 + (2 * u - 1) * half * strength for u, half in zip(r, (0.5, 0.5, 0.125)))
+    saturation, contrast, brightness = (_factor(u, half, strength) for u, half in zip(r, (0.5, 0.5, 0.125)))
     return colour_twist(rgb, saturation, contrast, brightness)
 
 
@@ -172,6 +172,11 @@ def colour_twist(rgb: np.ndarray, saturation: float, contrast: float, brightness
 
 
 COLOUR_DISTORTIONS = ("paper", "nvidia")  # photometric_distort, nvidia_colour: --colour's choices
+
+
+def _factor(u: float, half_range: float, strength: float) -> float:
+    """A uniform draw ``u`` in [0, 1) -> a factor in 1 +- ``half_range`` x ``strength``."""
+    return 1 + (2 * u - 1) * half_range * strength
 
 
 def _affine(rgb, scale, shift):
