@@ -51,7 +51,7 @@ from src.utils.device import autocast
 from src.utils.errors import UserError
 from src.utils.outputs import OutputGuard
 
-SECTIONS = ["train", "inference", "decode", "data", "eval", "report", "memory", "matching", "deploy"]
+SECTIONS = ["models", "train", "inference", "decode", "data", "eval", "report", "memory", "matching", "deploy"]
 
 
 def get_args_parser():
@@ -98,9 +98,9 @@ def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def synthetic_batch(batch, device, seed=0):
+def synthetic_batch(batch, device, seed=0, size=300):
     g = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, 300, 300, generator=g)
+    images = torch.randn(batch, 3, size, size, generator=g)
     targets = []
     for _ in range(batch):
         xy = torch.rand(4, 2, generator=g) * 0.6
@@ -140,7 +140,7 @@ def _train_row(name, batch, amp, channels_last, compiled, device, repeats):
     optimizer = torch.optim.SGD(param_groups(model, 5e-4), lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
     step = Step(optimizer, None, device, scaler, amp, channels_last)
-    images, targets = synthetic_batch(batch, device)
+    images, targets = synthetic_batch(batch, device, size=model.spec.fig_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = median_time(lambda: train_step(net, criterion, images, targets, step), device, repeats,
@@ -149,6 +149,33 @@ def _train_row(name, batch, amp, channels_last, compiled, device, repeats):
             "compile": compiled, "images_per_s": batch / seconds,
             "cuda_max_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             "peak_rss_mb": peak_rss_mb()}
+
+
+def bench_models(args, device, rows):
+    """The model table's columns: input size, default boxes, parameters, multiply-adds of one
+    forward pass (torchvision's tables call them GFLOPS), and the latency of one image at batch 1
+    (forward and decoding at the inference scripts' score threshold, 0.3, NHWC, float32, threads as
+    PyTorch's)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    for name in args.models:
+        torch.manual_seed(0)
+        model = build_model(name, 81).to(device).eval()
+        spec = model.spec
+        post = Postprocessor.for_spec(spec, device, score_threshold=0.3)
+        image = torch.randn(1, 3, spec.fig_size, spec.fig_size, device=device)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(image)
+        model = model.to(memory_format=torch.channels_last)
+        image = image.contiguous(memory_format=torch.channels_last)
+
+        def infer():
+            with torch.no_grad():
+                post(*model(image), out_device="cpu")
+        rows.append({"section": "models", "model": name, "input": spec.fig_size, "default_boxes": spec.num_boxes,
+                     "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
+                     "gmacs": counter.get_total_flops() / 2e9,
+                     "latency_ms": 1000 * median_time(infer, device, args.repeats)})
+        print_row(rows[-1])
 
 
 def bench_inference(args, device, rows):
@@ -160,7 +187,8 @@ def bench_inference(args, device, rows):
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             model = model.to(memory_format=fmt)
             for batch in [1, 32 if device.type == "cpu" else 64]:
-                images = torch.randn(batch, 3, 300, 300, device=device).contiguous(memory_format=fmt)
+                size = model.spec.fig_size
+                images = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
 
                 def infer():
                     with torch.no_grad(), autocast(device, amp):
@@ -536,16 +564,14 @@ def cpu_name() -> tuple[str, bool]:
 def exported_pair(name: str, folder: str, calibration: list[str]) -> tuple[str, str]:
     """An 81-way model of random weights exported with its decoding, and its INT8 version
     (calibrated on ``calibration``): speed does not depend on the weights."""
-    from src.inference.export import ExportableSSD, add_metadata, export_file
+    from src.inference.export import ExportableSSD, add_metadata, export_file, model_metadata
     from src.inference.quantize import quantize
-    from src.inference.runtime import metadata
     model = build_model(name, 81).eval()
     post = Postprocessor.for_spec(model.spec)
     fp32, int8 = os.path.join(folder, f"{name}.onnx"), os.path.join(folder, f"{name}_int8.onnx")
-    export_file(ExportableSSD(model, post, decode=True).eval(), fp32, True, 17)
-    add_metadata(fp32, metadata(name, model.spec.fig_size, IMAGENET_MEAN, IMAGENET_STD,
-                                [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES],
-                                post.score_threshold, post.nms_threshold, post.max_output))
+    export_file(ExportableSSD(model, post, decode=True).eval(), fp32, True, 17, model.spec.fig_size)
+    add_metadata(fp32, model_metadata(model.spec, [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES],
+                                      post))
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantize(fp32, int8, calibration)
@@ -620,7 +646,7 @@ def main(args):
         torch.backends.cudnn.benchmark = True
     rows = []
     print(json.dumps(machine(device)))
-    benches = {"train": bench_train, "inference": bench_inference, "decode": bench_decode, "data": bench_data,
+    benches = {"models": bench_models, "train": bench_train, "inference": bench_inference, "decode": bench_decode, "data": bench_data,
                "eval": bench_eval, "report": bench_report, "memory": bench_memory, "matching": bench_matching,
                "deploy": bench_deploy}
     for section in SECTIONS:

@@ -26,11 +26,10 @@ from src.cli import ArgumentParser, fraction, positive_int, run_cli
 from src.data.categories import match_by_name
 from src.data.dataset import dataset_from, read_source
 from src.data.formats import DEFAULT_SPLITS, detect_format, source
-from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from src.evaluation.evaluate import evaluate_images
-from src.inference.export import ExportableSSD, add_metadata, export_file
+from src.inference.export import ExportableSSD, add_metadata, export_file, model_metadata
 from src.inference.quantize import quantize
-from src.inference.runtime import ExportedDetector, metadata
+from src.inference.runtime import ExportedDetector
 from src.models.postprocess import Postprocessor
 from src.models.specs import MODEL_NAMES
 from src.utils.errors import UserError
@@ -45,8 +44,10 @@ def get_args_parser():
     p.add_argument("--model", choices=MODEL_NAMES, default=None, help="checked against the checkpoint if given")
     p.add_argument("--output", required=True, help="the .onnx file to write")
     p.add_argument("--with-nms", action="store_true", help="decode and run NMS inside the graph")
-    p.add_argument("--cls-threshold", type=fraction, default=0.05)
-    p.add_argument("--nms-threshold", type=fraction, default=0.5)
+    p.add_argument("--cls-threshold", type=fraction, default=None,
+                   help="the graph's score threshold (default: the model's own, 0.05; torchvision's models' own)")
+    p.add_argument("--nms-threshold", type=fraction, default=None,
+                   help="the graph's NMS IoU (default: the model's own, 0.5; torchvision's models' own)")
     p.add_argument("--opset", type=int, choices=OPSETS, default=17, metavar=f"{OPSETS[0]}..{OPSETS[-1]}",
                    help="ONNX opset (the decoding in the graph needs 11 or later; tested up to 20)")
     int8 = p.add_argument_group("INT8 (with --with-nms)")
@@ -82,15 +83,13 @@ def main(args):
     if args.int8:
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = os.path.join(tmp, "fp32.onnx")
-            export_file(module, fp32, True, args.opset)
-            add_metadata(fp32, metadata(model.spec.name, model.spec.fig_size, IMAGENET_MEAN, IMAGENET_STD, ids,
-                                        names, post.score_threshold, post.nms_threshold, post.max_output))
+            export_file(module, fp32, True, args.opset, model.spec.fig_size)
+            add_metadata(fp32, model_metadata(model.spec, ids, names, post))
             calibrate_and_check(args, fp32, splits)
         guard.record([args.output])
         return
-    export_file(module, args.output, args.with_nms, args.opset)
-    entries = metadata(model.spec.name, model.spec.fig_size, IMAGENET_MEAN, IMAGENET_STD, ids, names,
-                       post.score_threshold, post.nms_threshold, post.max_output)
+    export_file(module, args.output, args.with_nms, args.opset, model.spec.fig_size)
+    entries = model_metadata(model.spec, ids, names, post)
     if not args.with_nms:
         entries["decoded"] = "0"
     add_metadata(args.output, entries)

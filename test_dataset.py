@@ -21,7 +21,6 @@ from src.cli import (
     checkpoint_from_args,
     fraction,
     input_path_of,
-    nms_threshold_of,
     non_negative_int,
     positive_int,
     pytorch_device,
@@ -30,7 +29,7 @@ from src.cli import (
 from src.data.categories import match_by_name
 from src.data.dataset import dataset_from, eval_loader
 from src.data.formats import DEFAULT_SPLITS, FORMATS, Source, dataset_folders, detect_format, source, splits_of
-from src.data.transforms import val_transforms
+from src.data.transforms import model_transforms, val_transforms
 from src.evaluation.evaluate import eval_batch_size, evaluate, evaluate_images
 from src.evaluation.report import build, print_table, report_files, write_report
 from src.evaluation.voc_eval import voc_evaluate
@@ -46,7 +45,7 @@ from src.utils.stopwatch import Stopwatch, process_age
 
 def get_args_parser():
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    add_detector_args(p, cls_threshold=0.05)
+    add_detector_args(p, cls_threshold=None)
     p.add_argument("--data-path", "--data_path", default="/coco",
                    help="the dataset: COCO (annotations/, val2017/...), VOC (Annotations/, JPEGImages/, ImageSets/) "
                         "or YOLO (data.yaml)")
@@ -179,8 +178,9 @@ class Loaded:
 def load_pytorch(args, checkpoint, dataset, device) -> Loaded:
     model, ids, names = load_model(checkpoint, args.model, categories=dataset.categories)
     model.to(device, memory_format=torch.channels_last)  # NHWC convolutions: faster on CPU and with AMP
+    dataset.transforms = model_transforms(model.spec)  # the model's input size, normalisation and resize
     postprocess = Postprocessor.for_spec(model.spec, device, score_threshold=args.cls_threshold,
-                                         nms_threshold=nms_threshold_of(args), num_labels=len(ids))
+                                         nms_threshold=args.nms_threshold, num_labels=len(ids))
     return Loaded(ids, names, model.spec.name, model=model, postprocess=postprocess)
 
 

@@ -45,15 +45,15 @@ from src.data.dataset import (
     worker_init,
 )
 from src.data.formats import DEFAULT_SPLITS, FORMATS, dataset_folders, detect_format, merge, source
-from src.data.transforms import train_transforms, val_transforms
+from src.data.transforms import model_transforms, train_transforms
 from src.evaluation.analysis import RECALL_THRESHOLDS
 from src.evaluation.evaluate import evaluate
 from src.inference.detections import Detections
 from src.models.box_coder import BoxCoder
 from src.models.loss import MultiBoxLoss
 from src.models.postprocess import Postprocessor
-from src.models.specs import MODEL_NAMES
-from src.models.ssd import BACKBONE_VERSIONS, build_model, imagenet_weights
+from src.models.specs import MODEL_NAMES, get_spec
+from src.models.ssd import BACKBONE_VERSIONS, backbone_versions, build_model, imagenet_weights
 from src.training.loop import EpochStats, EpochTotals, Step, epoch_summary, train_one_epoch
 from src.training.optim import batch_recipe, param_groups, scaled_lr, warmup_multistep
 from src.training.resume import (
@@ -81,6 +81,9 @@ class TrainArgumentParser(ArgumentParser):
         parsed = super().parse_args(args, namespace)
         if parsed.detach_first_map and parsed.model != "ssdlite":
             self.error("--detach-first-map applies to --model ssdlite only")
+        if parsed.backbone_weights and parsed.backbone_weights not in backbone_versions(parsed.model):
+            self.error(f"--backbone-weights {parsed.backbone_weights}: {parsed.model}'s backbone has "
+                       f"{', '.join(backbone_versions(parsed.model))}")
         if parsed.channel_shuffle and parsed.colour != "paper":
             self.error("--channel-shuffle is a step of --colour paper")
         return parsed
@@ -116,8 +119,9 @@ def get_args_parser():
                         "a step, 1200 from 1024, linear between), shortened in proportion for runs of fewer than "
                         "6000 iterations (a short run on a small set is not spent warming up: 5%% of it at 300)")
     p.add_argument("--backbone-weights", choices=BACKBONE_VERSIONS, default=None,
-                   help="torchvision's ImageNet weights of the backbone (default: IMAGENET1K_V2 for ssd, NVIDIA's "
-                        "since 2022; IMAGENET1K_V1 for ssdlite, the original's)")
+                   help="torchvision's ImageNet weights of the backbone (default: IMAGENET1K_V2 for ssd and ssd512, "
+                        "NVIDIA's since 2022; IMAGENET1K_V1 for ssdlite, the original's, and ssdlite320-mnv3; "
+                        "IMAGENET1K_FEATURES for ssd300-vgg16, torchvision's)")
     p.add_argument("--zoom-out", type=zoom_factor, default=1.0,
                    help="largest zoom-out (expand) of the augmentation, e.g. 4 (the paper's, for small objects, "
                         "with a longer schedule); 1 turns it off")
@@ -148,7 +152,8 @@ def get_args_parser():
     variants.add_argument("--detach-first-map", action="store_true",
                           help="SSDLite: no gradient from the first feature map into the backbone (the original's "
                                "forward hook)")
-    p.add_argument("--nms-threshold", type=fraction, default=0.5)
+    p.add_argument("--nms-threshold", type=fraction, default=None,
+                   help="of the evaluation (default: the model's own: 0.5; torchvision's 0.45 and 0.55)")
     p.add_argument("--num-workers", type=non_negative_int, default=4)
     p.add_argument("--device", type=device_name, default=default_device())
     p.add_argument("--seed", type=non_negative_int, default=0)
@@ -289,12 +294,14 @@ def build_datasets(args, world_size: int):
     fmt = detect_format(args.data_path[0]) if args.data_format == "auto" else args.data_format
     train_split, val_split = args.train_split or DEFAULT_SPLITS[fmt][0], args.val_split or DEFAULT_SPLITS[fmt][1]
     train_source = merge([source(root, train_split, fmt, "--train-split") for root in args.data_path], read_source)
-    augment = train_transforms(zoom_out=args.zoom_out, photometric=args.photometric, crop=args.crop,
-                               min_ious=args.crop_ious, channel_shuffle=args.channel_shuffle, colour=args.colour)
+    spec = get_spec(args.model)
+    augment = train_transforms(spec.fig_size, zoom_out=args.zoom_out, photometric=args.photometric, crop=args.crop,
+                               min_ious=args.crop_ious, channel_shuffle=args.channel_shuffle, colour=args.colour,
+                               mean=spec.preprocessing.mean, std=spec.preprocessing.std)
     train = dataset_from(train_source, augment, max_missing=args.max_bad_images)
     if args.skip_empty_images and train.drop_empty() and is_main_process():
         print(f"{len(train)} training images with annotations kept (--skip-empty-images)")
-    val = dataset_from(source(args.data_path[0], val_split, fmt, "--val-split"), val_transforms(),
+    val = dataset_from(source(args.data_path[0], val_split, fmt, "--val-split"), model_transforms(spec),
                        max_missing=args.max_bad_images)
     if val_split == train_split and is_main_process():
         print(f"warning: validating on the training split '{train_split}': its AP says how well the model fits "

@@ -14,7 +14,6 @@ from src.inference.runtime import BACKENDS, is_exported
 from src.models.specs import MODEL_NAMES
 from src.utils.errors import UserError
 
-DEFAULT_NMS_THRESHOLD = 0.5
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -135,10 +134,13 @@ def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
                    help="what runs the model: auto is PyTorch for a checkpoint, ONNX Runtime for an exported file; "
                         "onnxruntime and openvino take an exported file")
     p.add_argument("--cls-threshold", "--cls_threshold", type=fraction, default=cls_threshold,
-                   help="minimum score of a detection, in [0, 1]")
+                   help="minimum score of a detection, in [0, 1]" + (
+                       f" (default {cls_threshold})" if cls_threshold is not None else
+                       " (default: the model's own: 0.05, torchvision's 0.01 for ssd300-vgg16 and 0.001 for "
+                       "ssdlite320-mnv3; an exported file's own)"))
     p.add_argument("--nms-threshold", "--nms_threshold", type=fraction, default=None,
-                   help=f"IoU above which NMS drops the lower-scored box, in [0, 1] (default "
-                        f"{DEFAULT_NMS_THRESHOLD}; an exported file's own)")
+                   help="IoU above which NMS drops the lower-scored box, in [0, 1] (default: the model's own: 0.5, "
+                        "torchvision's 0.45 for ssd300-vgg16 and 0.55 for ssdlite320-mnv3; an exported file's own)")
     p.add_argument("--device", type=device_spec, default=None, help="cpu, cuda or cuda:N (default: cuda when "
                                                                     "there is a GPU); PyTorch only")
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
@@ -159,10 +161,6 @@ def backend_of(args) -> str:
     if backend != "pytorch" and (args.amp or args.device not in (None, "cpu")):
         raise UserError(f"--amp and --device are PyTorch's: the {backend} backend runs on the CPU")
     return backend
-
-
-def nms_threshold_of(args) -> float:
-    return DEFAULT_NMS_THRESHOLD if args.nms_threshold is None else args.nms_threshold
 
 
 def add_categories_arg(p: argparse.ArgumentParser):
@@ -257,7 +255,7 @@ def detector_from_args(args, checkpoint: str, categories: DatasetCategories | No
     from src.inference.detector import Detector
     detector = Detector.from_checkpoint(checkpoint, args.model, pytorch_device(args),
                                         categories=categories, cls_threshold=args.cls_threshold,
-                                        nms_threshold=nms_threshold_of(args), amp=args.amp)
+                                        nms_threshold=args.nms_threshold, amp=args.amp)
     return _NumpyImages(detector)
 
 

@@ -11,14 +11,13 @@ import torch
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, _meta
 
 import train
-from src.cli import nms_threshold_of
 from src.data.categories import COCO_CATEGORIES, DatasetCategories
 from src.data.dataset import CocoDetection
 from src.inference.detector import Detector
 from src.models.box_coder import BoxCoder
 from src.models.loss import MultiBoxLoss
 from src.models.postprocess import Postprocessor
-from src.models.specs import SSDLITE
+from src.models.specs import SSDLITE, get_spec
 from src.models.ssd import build_model, imagenet_weights
 from src.training.optim import scaled_lr, warmup_multistep
 
@@ -49,7 +48,7 @@ def test_training_recipe_defaults_are_nvidias():
     coco_iters = 117266 // 32  # COCO 2017 train images with annotations, batch 32
     assert (args.epochs, train.lr_per_32(args, 32), train.warmup_iterations(args, coco_iters, 32), args.multistep,
             args.momentum, args.weight_decay, args.batch_size) == (65, 2.6e-3, 300, [43, 54], 0.9, 5e-4, 32)
-    assert args.nms_threshold == 0.5 and args.zoom_out == 1.0 and args.crop == "nvidia"
+    assert args.nms_threshold is None and args.zoom_out == 1.0 and args.crop == "nvidia"
     assert imagenet_weights("ssd", args.backbone_weights) == ResNet50_Weights.IMAGENET1K_V2
     assert imagenet_weights("ssdlite", args.backbone_weights) == MobileNet_V2_Weights.IMAGENET1K_V1
     v1 = train.get_args_parser().parse_args(["--backbone-weights", "IMAGENET1K_V1"])
@@ -151,14 +150,19 @@ def test_loss_of_a_batch_with_an_empty_image_worked_by_hand():
 
 def test_decoding_defaults():
     """COCO evaluation's: scores above 0.05, NMS at IoU 0.5, 200 candidates per class, 200 detections
-    an image; the pictures of the inference scripts keep scores of 0.3 and more."""
-    post = Postprocessor(BoxCoder.for_spec(SSDLITE))
-    assert (post.score_threshold, post.nms_threshold, post.max_per_class, post.max_output) == (0.05, 0.5, 200, 200)
-    assert script("test_dataset").get_args_parser().parse_args([]).cls_threshold == 0.05
+    an image, boxes clamped after NMS; test_dataset.py uses the model's own unless told; the pictures
+    of the inference scripts keep scores of 0.3 and more, NMS the model's own."""
+    for spec in (SSDLITE, get_spec("ssd"), get_spec("ssd512")):
+        post = Postprocessor.for_spec(spec)
+        assert (post.score_threshold, post.nms_threshold, post.max_per_class, post.max_output) == (0.05, 0.5, 200, 200)
+        assert not post.clip_before_nms and post.coder.max_log_size is None
+    assert Postprocessor(BoxCoder.for_spec(SSDLITE)).score_threshold == 0.05
+    assert script("test_dataset").get_args_parser().parse_args([]).cls_threshold is None
+    assert Postprocessor.for_spec(SSDLITE, score_threshold=None, nms_threshold=0.6).nms_threshold == 0.6
     for name in ("test_image", "test_video"):
         args = script(name).get_args_parser().parse_args(["--input", "x"])
-        assert (args.cls_threshold, nms_threshold_of(args)) == (0.3, 0.5)
-        assert args.nms_threshold is None  # an exported file's own unless asked
+        assert args.cls_threshold == 0.3
+        assert args.nms_threshold is None  # the model's own (an exported file's) unless asked
 
 
 class FixedDecoding:

@@ -32,7 +32,7 @@ def test_a_download_that_is_not_ssd300_is_refused_and_removed(hub_dir, tmp_path)
     source = tmp_path / "wrong.pt"
     from src.models.ssd import build_model
     torch.save({"model": build_model("ssdlite", 81).state_dict()}, source)
-    with pytest.raises(CheckpointError, match="not an 81-class SSD300"):
+    with pytest.raises(CheckpointError, match=r"not NVIDIA SSD300 v1.1 .*\(a 81-class ssd checkpoint\)"):
         resolve("nvidia", url=source.as_uri())
     assert not (hub_dir / PUBLISHED["nvidia"]["file"]).exists()
 

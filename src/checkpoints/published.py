@@ -1,4 +1,6 @@
-"""The published SSD300-ResNet50 COCO checkpoints, by name, downloaded once into the torch hub cache."""
+"""The published COCO checkpoints, by name, downloaded once into the torch hub cache: NVIDIA's and the
+original's SSD300-ResNet50, torchvision's SSD300-VGG16 and SSDLite320-MobileNetV3 (the very files its
+weights API downloads, so one fetched by torchvision is found here too)."""
 import os
 import shutil
 import subprocess
@@ -16,11 +18,25 @@ PUBLISHED = {
         "url": "https://api.ngc.nvidia.com/v2/models/nvidia/ssd_pyt_ckpt_amp/versions/20.06.0/files/"
                "nvidia_ssdpyt_amp_200703.pt",
         "what": "NVIDIA SSD300 v1.1 (AMP, 2020-07)",
+        "model": "ssd", "num_classes": 81,
     },
     "original": {
         "file": "SSD.pth",
         "drive_folder": "https://drive.google.com/drive/folders/1_DYYDJUfwLIvGBDnM3hMFNgkVRZW6MgX",
         "what": "the original SSD-pytorch repository's SSD-ResNet50",
+        "model": "ssd", "num_classes": 81,
+    },
+    "torchvision-vgg16": {
+        "file": "ssd300_vgg16_coco-b556d3b4.pth",
+        "url": "https://download.pytorch.org/models/ssd300_vgg16_coco-b556d3b4.pth",
+        "what": "torchvision's SSD300_VGG16_Weights.COCO_V1",
+        "model": "ssd300-vgg16", "num_classes": 91,
+    },
+    "torchvision-mnv3": {
+        "file": "ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
+        "url": "https://download.pytorch.org/models/ssdlite320_mobilenet_v3_large_coco-a79551df.pth",
+        "what": "torchvision's SSDLite320_MobileNet_V3_Large_Weights.COCO_V1",
+        "model": "ssdlite320-mnv3", "num_classes": 91,
     },
 }
 
@@ -44,8 +60,8 @@ def fetch(name: str, url: str | None = None) -> tuple[str, bool]:
     if os.path.exists(path):
         return path, False
     with folder_kept_only_if_used(os.path.dirname(path)):
-        if name == "nvidia" or url:
-            _download(url or PUBLISHED["nvidia"]["url"], path, name)
+        if "url" in PUBLISHED[name] or url:
+            _download(url or PUBLISHED[name]["url"], path, name)
         else:
             _download_from_drive(path)
     return path, True

@@ -1,16 +1,19 @@
 """What a checkpoint holds: the one place where checkpoints are written and read.
 
-Three forms are read (every one with ``weights_only=True``: a file that carries pickled code is
+Four forms are read (every one with ``weights_only=True``: a file that carries pickled code is
 refused before any of it runs):
 
 - ours, written by train.py (:class:`TrainingCheckpoint`, every key listed there); inference
   and export read only its ``model``, ``category_ids`` and ``category_names``;
 - the original repository's: ``{"epoch", "model_state_dict", "optimizer", "scheduler"}``;
-- NVIDIA's SSD300 v1.1: ``{"model": state_dict, ...}``, keys possibly prefixed ``module.``.
+- NVIDIA's SSD300 v1.1: ``{"model": state_dict, ...}``, keys possibly prefixed ``module.``;
+- torchvision's detection weights: the bare state dict of ``ssd300_vgg16`` or
+  ``ssdlite320_mobilenet_v3_large`` (as its weights API downloads them), whose 91-way COCO head
+  takes COCO's category ids as labels (:func:`~src.data.categories.torchvision_coco_labels`).
 
 The foreign forms carry no category list (see :func:`~src.data.categories.label_categories`) and the architecture is
-read from the state dict's keys; :func:`load_model` turns any of the three into a model, and
-:func:`resolve` turns a published name ("nvidia", "original") into a checked file.
+read from the state dict's keys; :func:`load_model` turns any of the four into a model, and
+:func:`resolve` turns a published name (:data:`~src.checkpoints.published.PUBLISHED`) into a checked file.
 """
 import os
 import pickle
@@ -23,16 +26,25 @@ from dataclasses import MISSING, dataclass, field, fields
 import torch
 
 from src.checkpoints.published import PUBLISHED, fetch
-from src.data.categories import DatasetCategories, label_categories
+from src.data.categories import DatasetCategories, label_categories, torchvision_coco_labels
 from src.models.specs import get_spec
 from src.models.ssd import build_model
 from src.utils.distributed import is_main_process
 from src.utils.errors import CheckpointError
 from src.utils.outputs import default_mode
 
-# keys of a parameter only one of the two backbones has
+# keys of a parameter only one of the backbones has
 _RESNET_KEY = "feature_extractor.feature_extractor.4.0.conv1.weight"
 _MOBILENET_KEY = "feature_extractor.feature_extractor.1.conv.0.0.weight"
+_SSD512_KEY = "loc.6.weight"  # SSD512's seventh map
+_VGG_KEY = "backbone.scale_weight"  # the L2 normalisation of conv4_3
+_MOBILENET_V3_KEY = "backbone.features.0.0.0.weight"
+# the first class head's last conv of each model: its output channels are boxes x classes
+_CLASS_HEAD_KEY = {"ssd": "conf.0.weight", "ssd512": "conf.0.weight", "ssdlite": "conf.0.3.weight",
+                   "ssd300-vgg16": "head.classification_head.module_list.0.weight",
+                   "ssdlite320-mnv3": "head.classification_head.module_list.0.1.weight"}
+# SSDLite320's second map: 480 channels with the reduced tail (torchvision's COCO weights), 960 without
+_MNV3_TAIL_KEY = "head.regression_head.module_list.1.0.0.weight"
 # the original SSDLite built a 7th head pair it never used; ours has none
 _UNUSED_SSDLITE_PREFIXES = ("loc.6.", "conf.6.")
 
@@ -45,7 +57,7 @@ class TrainingCheckpoint:
     :param optimizer: the SGD state dict; ``lr_scheduler`` the schedule's; ``scaler`` the float16
         ``GradScaler``'s, None without one
     :param epoch: whole epochs done; ``iteration``: optimizer steps done
-    :param model_name: "ssd" or "ssdlite"; ``num_classes``: background + categories
+    :param model_name: one of :data:`~src.models.specs.MODEL_NAMES`; ``num_classes``: background + categories
     :param category_ids: the dataset's id of each label 1..K; ``category_names`` their names
     :param best_map: the best COCO AP so far; ``history``: one dict per finished epoch (its
         :class:`~src.training.loop.EpochStats` and COCO stats)
@@ -160,17 +172,33 @@ def model_state_dict(ckpt: dict, path: str = "checkpoint") -> dict:
 
 
 def infer_model_name(state: dict) -> str | None:
-    """"ssd" for a ResNet-50 backbone, "ssdlite" for MobileNetV2, None if neither."""
+    """The model a state dict holds, from its keys: "ssd" or "ssd512" for a ResNet-50 backbone,
+    "ssdlite" for MobileNetV2, "ssd300-vgg16" for VGG-16, "ssdlite320-mnv3" for MobileNetV3;
+    None if none of them."""
     if _RESNET_KEY in state:
-        return "ssd"
+        return "ssd512" if _SSD512_KEY in state else "ssd"
     if _MOBILENET_KEY in state:
         return "ssdlite"
+    if _VGG_KEY in state:
+        return "ssd300-vgg16"
+    if _MOBILENET_V3_KEY in state:
+        return "ssdlite320-mnv3"
     return None
+
+
+def has_reduced_tail(state: dict) -> bool | None:
+    """Whether an SSDLite320 state dict has MobileNetV3's reduced tail (None for other models)."""
+    return state[_MNV3_TAIL_KEY].shape[0] == 480 if _MNV3_TAIL_KEY in state else None
+
+
+def build_for(state: dict, model_name: str, num_classes: int):
+    """A model with the architecture of ``state``, ready for its weights."""
+    return build_model(model_name, num_classes, reduced_tail=has_reduced_tail(state))
 
 
 def infer_num_classes(state: dict, model_name: str) -> int:
     """Background plus categories, from the first class head's output channels."""
-    key = "conf.0.weight" if model_name == "ssd" else "conf.0.3.weight"
+    key = _CLASS_HEAD_KEY[model_name]
     if key not in state:
         raise CheckpointError(f"the state dict has no {key} (not an {model_name} checkpoint?)")
     return state[key].shape[0] // get_spec(model_name).boxes_per_location[0]
@@ -200,10 +228,11 @@ def load_model_weights(model, state: dict, path: str = "checkpoint"):
 
 
 def architecture_of(state: dict, path: str, model_name: str | None = None) -> str:
-    """"ssd" or "ssdlite", read from the keys; it must be ``model_name`` when one is given."""
+    """The model's name, read from the keys; it must be ``model_name`` when one is given."""
     found = infer_model_name(state)
     if found is None:
-        raise CheckpointError(f"{path} holds no SSD-ResNet50 or SSDLite-MobileNetV2 weights")
+        raise CheckpointError(f"{path} holds no weights of a model here (SSD300 or SSD512 on ResNet-50, SSDLite on "
+                              "MobileNetV2, torchvision's SSD300-VGG16 or SSDLite320-MobileNetV3)")
     if model_name is not None and model_name != found:
         raise CheckpointError(f"{path} holds an {found} model, not {model_name}: use --model {found} (or leave "
                               "--model out where the script allows)")
@@ -212,10 +241,10 @@ def architecture_of(state: dict, path: str, model_name: str | None = None) -> st
 
 def load_model(path: str, model_name: str | None = None, map_location="cpu",
                categories: DatasetCategories | None = None):
-    """The one way to turn a checkpoint of any of the three forms into a model.
+    """The one way to turn a checkpoint of any of the four forms into a model.
 
-    :param path: a checkpoint file, or the name of published weights ("nvidia", "original"),
-        fetched into the torch hub cache the first time
+    :param path: a checkpoint file, or the name of published weights
+        (:data:`~src.checkpoints.published.PUBLISHED`), fetched into the torch hub cache the first time
     :param model_name: when given, the checkpoint must hold this architecture
     :param categories: those of the dataset the model is used on, or None: the checkpoint's
         categories are matched to them by name, or for a checkpoint that names none, its labels
@@ -231,10 +260,14 @@ def load_model(path: str, model_name: str | None = None, map_location="cpu",
     state = model_state_dict(ckpt, path)
     name = architecture_of(state, path, model_name)
     num_classes = infer_num_classes(state, name)
-    model = build_model(name, num_classes)
+    model = build_for(state, name, num_classes)
     load_model_weights(model, state, path)
     stored = (ckpt["category_ids"], ckpt["category_names"]) if "category_names" in ckpt and "category_ids" in ckpt \
         else None
+    if stored is None and model.spec.family == "torchvision" and num_classes == 91:
+        ids, names, notes = torchvision_coco_labels(categories)
+        _print_notes(notes)
+        return model.eval(), ids, names
     if stored is not None and len(stored[1]) != num_classes - 1:
         raise CheckpointError(f"{path} has a {num_classes - 1}-class head, and {len(stored[1])} categories to "
                               "put on it")
@@ -242,10 +275,14 @@ def load_model(path: str, model_name: str | None = None, map_location="cpu",
         raise CheckpointError(f"{path} has a {num_classes - 1}-class head, and {len(categories.ids)} categories to "
                               f"put on it (those of {categories.where})")
     ids, names, notes = label_categories(stored, num_classes, categories)
+    _print_notes(notes)
+    return model.eval(), ids, names
+
+
+def _print_notes(notes: list[str]):
     if is_main_process():
         for line in notes:
             print(line, file=sys.stderr)
-    return model.eval(), ids, names
 
 
 def load_matching_weights(model, path: str) -> list[str]:
@@ -304,18 +341,20 @@ def resolve(name_or_path: str, url: str | None = None) -> str:
         return name_or_path
     path, downloaded = fetch(name_or_path, url)
     if downloaded:
-        check_published(path)
+        check_published(path, name_or_path)
     return path
 
 
-def check_published(path: str):
-    """Every key and shape of a downloaded SSD300 checkpoint, before use; a bad file is removed."""
+def check_published(path: str, name: str = "nvidia"):
+    """Every key and shape of a downloaded checkpoint (published as ``name``), before use; a bad
+    file is removed."""
+    model, num_classes = PUBLISHED[name]["model"], PUBLISHED[name]["num_classes"]
     try:
-        state = adapt_state_dict(model_state_dict(read_checkpoint(path), path), "ssd")
-        expected = build_model("ssd", 81).state_dict()
-        if infer_model_name(state) != "ssd" or state.keys() != expected.keys() or any(
+        state = adapt_state_dict(model_state_dict(read_checkpoint(path), path), model)
+        expected = build_for(state, model, num_classes).state_dict() if infer_model_name(state) == model else {}
+        if not expected or state.keys() != expected.keys() or any(
                 state[k].shape != v.shape for k, v in expected.items()):
-            raise CheckpointError(f"{path} is not an 81-class SSD300-ResNet50 checkpoint")
+            raise CheckpointError(f"{path} is not {PUBLISHED[name]['what']} (a {num_classes}-class {model} checkpoint)")
     except CheckpointError:
         os.remove(path)
         raise

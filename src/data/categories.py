@@ -146,3 +146,19 @@ def _match_notes(model, ids, dataset) -> list[str]:
 def _listed(names, most=6) -> str:
     shown = ", ".join(f"'{n}'" for n in list(names)[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def torchvision_coco_labels(dataset: DatasetCategories | None = None):
+    """What the labels 1..90 of torchvision's 91-way COCO heads mean: label i is COCO's category
+    id i, so the ten ids COCO 2017 does not use (12, 26, 29, 30, 45, 66, 68, 69, 71, 83) are labels
+    of no category ("N/A" in torchvision; never reported here).
+
+    :param dataset: as :func:`label_categories`'s, the 80 categories matched to it by name
+    :return: ``(ids, names, notes)`` of labels 1..90, ``ids`` None for the unused ones and those
+        the dataset lacks
+    """
+    coco_ids, coco_names = [i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES]
+    ids, _, notes = label_categories((coco_ids, coco_names), len(COCO_CATEGORIES) + 1, dataset)
+    dataset_id, name = dict(zip(coco_ids, ids)), dict(COCO_CATEGORIES)
+    labels = range(1, max(coco_ids) + 1)
+    return [dataset_id.get(i) for i in labels], [name.get(i, "N/A") for i in labels], notes

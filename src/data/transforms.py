@@ -14,14 +14,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _normalize():
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def _normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
 class SSDAugmentation:
     """The training transform: zoom-out (up to ``zoom_out`` x; 1 turns it off), IoU-constrained
     crop, flip and resize to ``size`` in one resampling, photometric distortion on the small
-    image (its ranges scaled by ``photometric``; 0 turns it off), normalisation. ``crop`` names
+    image (its ranges scaled by ``photometric``; 0 turns it off), normalisation by the model's
+    ``mean`` and ``std`` (of [0, 1] pixels; the zoom-out canvas is filled with the mean). ``crop`` names
     the crop search (:data:`src.data.crop.CROP_RULES`: "paper" or "nvidia"), ``colour`` the
     colour distortion (:data:`src.data.augment.COLOUR_DISTORTIONS`: "paper" or "nvidia"). See
     :mod:`src.data.augment` for why this is not a ``v2.Compose``.
@@ -33,14 +34,15 @@ class SSDAugmentation:
     """
 
     def __init__(self, size: int = 300, zoom_out: float = 1.0, min_ious=IOU_CROP_OPTIONS, photometric=1.0,
-                 crop: str = "nvidia", channel_shuffle: float = 0.0, colour: str = "paper"):
+                 crop: str = "nvidia", channel_shuffle: float = 0.0, colour: str = "paper", mean=IMAGENET_MEAN,
+                 std=IMAGENET_STD):
         self.size, self.zoom_out, self.min_ious, self.photometric = size, zoom_out, tuple(min_ious), photometric
         if channel_shuffle and colour != "paper":
             raise ValueError("channel_shuffle is a step of the paper's colour distortion")
         self.channel_shuffle, self.colour = channel_shuffle, colour
         self.crop_rule = CROP_RULES[crop]
-        self.fill = [round(255 * m) for m in IMAGENET_MEAN]
-        self.normalize = v2.Compose(_normalize())
+        self.fill = [round(255 * m) for m in mean]
+        self.normalize = v2.Compose(_normalize(mean, std))
 
     def __call__(self, image, target):
         h, w = image.shape[-2:]
@@ -62,11 +64,22 @@ class SSDAugmentation:
 
 
 def train_transforms(size: int = 300, zoom_out: float = 1.0, photometric: float = 1.0, crop: str = "nvidia",
-                     min_ious=IOU_CROP_OPTIONS, channel_shuffle: float = 0.0, colour: str = "paper"):
+                     min_ious=IOU_CROP_OPTIONS, channel_shuffle: float = 0.0, colour: str = "paper",
+                     mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The SSD paper's augmentation; see :class:`SSDAugmentation`."""
-    return SSDAugmentation(size, zoom_out, min_ious, photometric, crop, channel_shuffle, colour)
+    return SSDAugmentation(size, zoom_out, min_ious, photometric, crop, channel_shuffle, colour, mean, std)
 
 
-def val_transforms(size: int = 300) -> v2.Compose:
-    """Resize to ``size`` x ``size`` and normalise; nothing random."""
-    return v2.Compose([v2.Resize((size, size), antialias=True), *_normalize()])
+def val_transforms(size: int = 300, mean=IMAGENET_MEAN, std=IMAGENET_STD, antialias: bool = True) -> v2.Compose:
+    """Resize to ``size`` x ``size`` and normalise; nothing random. ``antialias`` True resizes the
+    uint8 image with antialiasing (as PIL); False normalises first and resizes the float image
+    without it, bilinearly (torchvision's detection models, whose weights expect that)."""
+    if antialias:
+        return v2.Compose([v2.Resize((size, size), antialias=True), *_normalize(mean, std)])
+    return v2.Compose([*_normalize(mean, std), v2.Resize((size, size), antialias=False)])
+
+
+def model_transforms(spec) -> v2.Compose:
+    """:func:`val_transforms` as a model's spec (:class:`~src.models.specs.SSDSpec`) says."""
+    pre = spec.preprocessing
+    return val_transforms(spec.fig_size, pre.mean, pre.std, pre.antialias)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops import batched_nms
 
+from src.inference.runtime import metadata
 from src.models.postprocess import Postprocessor
 
 
@@ -71,14 +72,22 @@ class ExportableSSD(nn.Module):
         return post.select(boxes, scores, keep.view(n, labels, k))
 
 
-def export_file(module, path: str, decode: bool, opset: int):
-    """Write ``module`` (an :class:`ExportableSSD`) as ONNX with a dynamic batch axis."""
+def export_file(module, path: str, decode: bool, opset: int, size: int = 300):
+    """Write ``module`` (an :class:`ExportableSSD`) as ONNX with a dynamic batch axis, for
+    ``size`` x ``size`` inputs (the model's ``spec.fig_size``)."""
     names = ["boxes", "labels", "scores"] if decode else ["ploc", "plabel"]
-    dummy = torch.randn(1, 3, 300, 300)
+    dummy = torch.randn(1, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
         torch.onnx.export(module, (dummy,), path, dynamo=False, opset_version=opset, input_names=["images"],
                           output_names=names, dynamic_axes={n: {0: "batch"} for n in ["images", *names]})
+
+
+def model_metadata(spec, category_ids, category_names, post: Postprocessor, precision: str = "fp32") -> dict:
+    """:func:`~src.inference.runtime.metadata` of a model of architecture ``spec`` decoded by ``post``."""
+    pre = spec.preprocessing
+    return metadata(spec.name, spec.fig_size, pre.mean, pre.std, category_ids, category_names, post.score_threshold,
+                    post.nms_threshold, post.max_output, precision, pre.antialias)
 
 
 def add_metadata(path, entries: dict):

@@ -10,6 +10,7 @@ import json
 import os
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -26,9 +27,10 @@ def is_exported(path: str) -> bool:
 
 
 def metadata(model_name: str, size: int, mean, std, category_ids, category_names, score_threshold: float,
-             nms_threshold: float, max_output: int, precision: str = "fp32") -> dict:
+             nms_threshold: float, max_output: int, precision: str = "fp32", antialias: bool = True) -> dict:
     """The metadata an exported file carries (all values strings, as ONNX stores them)."""
     return {"model": model_name, "input_size": str(size), "mean": json.dumps(list(mean)), "std": json.dumps(list(std)),
+            "antialias": str(int(antialias)),
             "category_ids": json.dumps(list(category_ids)), "category_names": json.dumps(list(category_names)),
             "score_threshold": repr(float(score_threshold)), "nms_threshold": repr(float(nms_threshold)),
             "max_output": str(max_output), "decoded": "1", "precision": precision}
@@ -47,6 +49,7 @@ class ExportInfo:
     nms_threshold: float
     max_output: int
     precision: str
+    antialias: bool = True
 
     @classmethod
     def parse(cls, meta: dict, path: str) -> "ExportInfo":
@@ -57,7 +60,8 @@ class ExportInfo:
             return cls(meta["model"], int(meta["input_size"]), np.array(json.loads(meta["mean"]), np.float32),
                        np.array(json.loads(meta["std"]), np.float32), json.loads(meta["category_ids"]),
                        json.loads(meta["category_names"]), float(meta["score_threshold"]),
-                       float(meta["nms_threshold"]), int(meta["max_output"]), meta.get("precision", "fp32"))
+                       float(meta["nms_threshold"]), int(meta["max_output"]), meta.get("precision", "fp32"),
+                       meta.get("antialias", "1") == "1")
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"{path} lacks this project's export metadata ({e}): export it with "
                                   "export_onnx.py --with-nms") from None
@@ -66,8 +70,13 @@ class ExportInfo:
 def preprocess(images_rgb: list[np.ndarray], info: ExportInfo) -> np.ndarray:
     """uint8 RGB (H_i, W_i, 3) images -> (N, 3, S, S) float32, as the evaluation transform does:
     bilinear resize with antialiasing (PIL's, which torchvision's matches), rounded to uint8,
-    scaled to [0, 1] and normalised."""
+    scaled to [0, 1] and normalised; or for torchvision's models (``info.antialias`` False)
+    normalised, then resized bilinearly without antialiasing (OpenCV's, half-pixel centres as torch's)."""
     size = info.input_size
+    if not info.antialias:
+        batch = np.stack([cv2.resize((img.astype(np.float32) / 255.0 - info.mean) / info.std, (size, size),
+                                     interpolation=cv2.INTER_LINEAR) for img in images_rgb])  # (N, S, S, 3)
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))  # -> (N, 3, S, S)
     batch = np.stack([np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR)) for img in images_rgb])
     batch = (batch.astype(np.float32) / 255.0 - info.mean) / info.std  # (N, S, S, 3)
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))  # -> (N, 3, S, S)
@@ -129,10 +138,11 @@ class ExportedDetector:
 
     :param backend: "onnxruntime" or "openvino"
     :param cls_threshold: minimum score; the graph's own threshold (fixed at export) is the floor
+        and the default
     :param nms_threshold: must be the one the graph was exported with (None: whatever it is)
     """
 
-    def __init__(self, path: str, backend: str = "onnxruntime", cls_threshold: float = 0.3,
+    def __init__(self, path: str, backend: str = "onnxruntime", cls_threshold: float | None = 0.3,
                  nms_threshold: float | None = None, threads: int | None = None):
         if not os.path.isfile(path):
             raise CheckpointError(f"exported model {path} does not exist")
@@ -141,10 +151,13 @@ class ExportedDetector:
         if nms_threshold is not None and abs(nms_threshold - self.info.nms_threshold) > 1e-6:
             raise UserError(f"{path} was exported with NMS at IoU {self.info.nms_threshold:g}: export it again with "
                             f"--nms-threshold {nms_threshold:g} to run at that threshold")
-        self.cls_threshold = max(cls_threshold, self.info.score_threshold)
-        self.floor_raised = cls_threshold < self.info.score_threshold
+        floor = self.info.score_threshold
+        self.cls_threshold = floor if cls_threshold is None else max(cls_threshold, floor)
+        self.floor_raised = cls_threshold is not None and cls_threshold < floor
         self.backend = backend
         self.category_ids, self.category_names = self.info.category_ids, self.info.category_names
+        # whether label i (0 the slots' filler) is reported: not one of torchvision's unused COCO labels
+        self.reported = np.array([False] + [i is not None for i in self.category_ids])
         self.model_name = self.info.model
 
     @property
@@ -158,7 +171,7 @@ class ExportedDetector:
         boxes, labels, scores = self.run(preprocess(images_rgb, self.info))  # (N, M, 4), (N, M), (N, M)
         out = []
         for img, b, lab, s in zip(images_rgb, boxes, labels, scores):
-            keep = s > self.cls_threshold  # as the PyTorch decoding: strictly above
+            keep = (s > self.cls_threshold) & self.reported[lab]  # as the PyTorch decoding: strictly above
             h, w = img.shape[:2]
             pixels = b[keep].astype(np.float32) * np.array([w, h, w, h], dtype=np.float32)
             lab = lab[keep].astype(np.int64)

@@ -21,17 +21,21 @@ class BoxCoder:
     and boxes converted to and from offsets.
 
     :param dboxes_cxcywh: (B, 4) default boxes, normalised (cx, cy, w, h)
+    :param max_log_size: :meth:`decode` clamps the scaled log-size offsets at this (torchvision's
+        models: ``log(1000 / 16)``); None: no clamp (NVIDIA's and the original's)
     """
 
-    def __init__(self, dboxes_cxcywh: torch.Tensor, iou_threshold: float = IOU_THRESHOLD):
+    def __init__(self, dboxes_cxcywh: torch.Tensor, iou_threshold: float = IOU_THRESHOLD,
+                 max_log_size: float | None = None):
         self.dboxes_cxcywh = dboxes_cxcywh
         self.dboxes_ltrb = box_convert(dboxes_cxcywh, "cxcywh", "xyxy")
         self.iou_threshold = iou_threshold
+        self.max_log_size = max_log_size
 
     @classmethod
     def for_spec(cls, spec, device="cpu") -> "BoxCoder":
         """The coder of a model of architecture ``spec``, its default boxes on ``device``."""
-        return cls(default_boxes(spec).to(device))
+        return cls(default_boxes(spec).to(device), max_log_size=spec.decoding.max_log_size)
 
     @property
     def num_boxes(self) -> int:
@@ -59,5 +63,8 @@ class BoxCoder:
         """Inverse of :meth:`encode`: (..., B, 4) offsets -> (..., B, 4) normalised ltrb boxes."""
         d = self.dboxes_cxcywh.to(offsets.device)
         center = offsets[..., :2] * CENTER_VARIANCE * d[:, 2:] + d[:, :2]
-        size = torch.exp(offsets[..., 2:] * SIZE_VARIANCE) * d[:, 2:]
+        log_size = offsets[..., 2:] * SIZE_VARIANCE
+        if self.max_log_size is not None:
+            log_size = log_size.clamp(max=self.max_log_size)
+        size = torch.exp(log_size) * d[:, 2:]
         return box_convert(torch.cat([center, size], dim=-1), "cxcywh", "xyxy")

@@ -23,10 +23,12 @@ class Postprocessor:
         the categories it was trained on, as the original's 81-way head on a smaller set); None: all
     :param nms: a name of :data:`NMS_METHODS`; None: the fastest on the outputs' device
         (:data:`NMS_BY_DEVICE`). All give the same detections.
+    :param clip_before_nms: clamp the candidates to the image before NMS (torchvision's order);
+        False clamps the survivors (NVIDIA's and the original's)
     """
 
     def __init__(self, coder: BoxCoder, score_threshold=0.05, nms_threshold=0.5,
-                 max_per_class=200, max_output=200, num_labels=None, nms=None):
+                 max_per_class=200, max_output=200, num_labels=None, nms=None, clip_before_nms=False):
         self.coder = coder
         self.nms = nms
         self.num_labels = num_labels
@@ -34,11 +36,17 @@ class Postprocessor:
         self.nms_threshold = nms_threshold
         self.max_per_class = max_per_class
         self.max_output = max_output
+        self.clip_before_nms = clip_before_nms
 
     @classmethod
     def for_spec(cls, spec, device="cpu", **kwargs) -> "Postprocessor":
-        """The decoder of a model of architecture ``spec`` (its default boxes on ``device``)."""
-        return cls(BoxCoder.for_spec(spec, device), **kwargs)
+        """The decoder of a model of architecture ``spec`` (its default boxes on ``device``), with
+        the thresholds that come with it (``spec.decoding``) where ``kwargs`` give None or nothing."""
+        d = spec.decoding
+        defaults = {"score_threshold": d.score_threshold, "nms_threshold": d.nms_threshold,
+                    "max_per_class": d.max_per_class, "max_output": d.max_output, "clip_before_nms": d.clip_before_nms}
+        chosen = {**defaults, **{k: v for k, v in kwargs.items() if v is not None}}
+        return cls(BoxCoder.for_spec(spec, device), **chosen)
 
     def candidates(self, ploc, plabel, trim=True):
         """The best ``max_per_class`` boxes of every (image, class) group, by descending score.
@@ -60,6 +68,8 @@ class Postprocessor:
             top_scores, top_index, valid = top_scores[..., :k], top_index[..., :k], valid[..., :k]
         labels, k = top_index.shape[1:]
         cand = boxes.gather(1, top_index.reshape(n, -1, 1).expand(-1, -1, 4))  # (N, L * k, 4)
+        if self.clip_before_nms:
+            cand = cand.clamp(0, 1)
         return cand.reshape(n, labels, k, 4), top_scores, valid
 
     def select(self, boxes, scores, keep):

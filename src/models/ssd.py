@@ -1,8 +1,9 @@
-"""SSD300-ResNet50 and SSDLite-MobileNetV2.
+"""SSD300-ResNet50, SSD512-ResNet50 and SSDLite-MobileNetV2, and :func:`build_model` for every model.
 
 Module names follow the reference implementation (``feature_extractor``,
 ``additional_blocks``, ``loc``, ``conf``) so that the original repository's and
-NVIDIA's SSD300 v1.1 state dicts load with ``strict=True``.
+NVIDIA's SSD300 v1.1 state dicts load with ``strict=True``. torchvision's models
+(SSD300-VGG16, SSDLite320-MobileNetV3) are in :mod:`src.models.torchvision_family`.
 """
 import torch
 from torch import nn
@@ -10,19 +11,36 @@ from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, mobilenet
 from torchvision.models.mobilenetv2 import InvertedResidual
 
 from src.models.specs import SSDSpec, get_spec
+from src.models.torchvision_family import (
+    TORCHVISION_BACKBONE_WEIGHTS,
+    TORCHVISION_DEFAULT_BACKBONE,
+    build_mobilenet_v3,
+    build_vgg16,
+)
 
 # torchvision's ImageNet weights of each model's backbone, and the version each starts from by
 # default: ResNet-50's V2 (NVIDIA's SSD300 v1.1 since its October 2022 release: 0.268 COCO AP, against
 # 0.249 with V1), MobileNetV2's V1 (the original's SSDLite; no SSD result with V2 is published)
-BACKBONE_WEIGHTS = {"ssd": ResNet50_Weights, "ssdlite": MobileNet_V2_Weights}
-BACKBONE_VERSIONS = ("IMAGENET1K_V1", "IMAGENET1K_V2")
-DEFAULT_BACKBONE_VERSION = {"ssd": "IMAGENET1K_V2", "ssdlite": "IMAGENET1K_V1"}
+BACKBONE_WEIGHTS = {"ssd": ResNet50_Weights, "ssd512": ResNet50_Weights, "ssdlite": MobileNet_V2_Weights,
+                    **TORCHVISION_BACKBONE_WEIGHTS}
+DEFAULT_BACKBONE_VERSION = {"ssd": "IMAGENET1K_V2", "ssd512": "IMAGENET1K_V2", "ssdlite": "IMAGENET1K_V1",
+                            **TORCHVISION_DEFAULT_BACKBONE}
+BACKBONE_VERSIONS = ("IMAGENET1K_V1", "IMAGENET1K_V2", "IMAGENET1K_FEATURES")
+
+
+def backbone_versions(name: str) -> list[str]:
+    """The versions of torchvision's ImageNet weights that model ``name``'s backbone has."""
+    return [w.name for w in BACKBONE_WEIGHTS[name]]
 
 
 def imagenet_weights(name: str, version: str | None = None):
     """torchvision's weights enum of model ``name``'s backbone: ``version`` (one of
-    :data:`BACKBONE_VERSIONS`) or the model's default."""
-    return BACKBONE_WEIGHTS[name][version or DEFAULT_BACKBONE_VERSION[name]]
+    :func:`backbone_versions`) or the model's default."""
+    version = version or DEFAULT_BACKBONE_VERSION[name]
+    if version not in backbone_versions(name):
+        raise ValueError(f"{name}'s backbone has no {version} weights: choose one of "
+                         f"{', '.join(backbone_versions(name))}")
+    return BACKBONE_WEIGHTS[name][version]
 
 
 class ResNet50Backbone(nn.Module):
@@ -86,7 +104,7 @@ def _separable_head(in_ch, out_ch):
 class SSD(nn.Module):
     """Single-shot detector: backbone maps, extra layers, and loc/conf heads on each map.
 
-    :param spec: the architecture (``specs.SSD300`` or ``specs.SSDLITE``)
+    :param spec: the architecture (``specs.SSD300``, ``specs.SSD512`` or ``specs.SSDLITE``)
     :param num_classes: categories plus one for background
     :param pretrained_backbone: load torchvision's ImageNet weights into the backbone
     :param backbone_weights: which of them (:data:`BACKBONE_VERSIONS`; None: the model's default)
@@ -100,7 +118,7 @@ class SSD(nn.Module):
         self.spec = spec
         self.num_classes = num_classes
         weights = imagenet_weights(spec.name, backbone_weights) if pretrained_backbone else None
-        if spec.name == "ssd":
+        if spec.name in ("ssd", "ssd512"):
             if detach_first_map:
                 raise ValueError("detach_first_map is an SSDLite variant")
             self._build_ssd300(weights)
@@ -109,13 +127,17 @@ class SSD(nn.Module):
         self._init_new_layers()
 
     def _build_ssd300(self, weights):
+        """SSD300 (38 -> 19 -> 10 -> 5, then two 3x3 convs without padding: 3, 1) or SSD512
+        (64 -> 32 -> ... -> 1, every extra block halving the map)."""
         spec = self.spec
         self.feature_extractor = ResNet50Backbone(weights)
-        mids = (256, 256, 128, 128, 128)
+        extras = len(spec.feature_maps) - 1
+        mids = (256, 256) + (128,) * (extras - 2)
         ch = spec.out_channels
+        halving = extras if spec.name == "ssd512" else 3
         self.additional_blocks = nn.ModuleList(
-            _resnet_extra(ch[i], mids[i], ch[i + 1], stride=2 if i < 3 else 1, padding=1 if i < 3 else 0)
-            for i in range(5)
+            _resnet_extra(ch[i], mids[i], ch[i + 1], stride=2 if i < halving else 1, padding=1 if i < halving else 0)
+            for i in range(extras)
         )
         boxes = spec.boxes_per_location
         self.loc = nn.ModuleList(nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(ch, boxes))
@@ -161,6 +183,18 @@ class SSD(nn.Module):
 
 
 def build_model(name: str, num_classes: int, pretrained_backbone: bool = False, detach_first_map: bool = False,
-                backbone_weights: str | None = None) -> SSD:
-    """SSD300-ResNet50 (``"ssd"``) or SSDLite-MobileNetV2 (``"ssdlite"``); see :class:`SSD`."""
-    return SSD(get_spec(name), num_classes, pretrained_backbone, detach_first_map, backbone_weights)
+                backbone_weights: str | None = None, reduced_tail: bool | None = None):
+    """Model ``name`` of :data:`~src.models.specs.MODEL_NAMES`: SSD300-ResNet50 (``"ssd"``),
+    SSD512-ResNet50 (``"ssd512"``), SSDLite-MobileNetV2 (``"ssdlite"``) (:class:`SSD`), or
+    torchvision's SSD300-VGG16 (``"ssd300-vgg16"``) and SSDLite320-MobileNetV3-Large
+    (``"ssdlite320-mnv3"``; ``reduced_tail``: see
+    :func:`~src.models.torchvision_family.build_mobilenet_v3`)."""
+    spec = get_spec(name)
+    if spec.family == "nvidia":
+        return SSD(spec, num_classes, pretrained_backbone, detach_first_map, backbone_weights)
+    if detach_first_map:
+        raise ValueError("detach_first_map is an SSDLite-MobileNetV2 variant")
+    weights = imagenet_weights(name, backbone_weights) if pretrained_backbone else None
+    if name == "ssd300-vgg16":
+        return build_vgg16(spec, num_classes, weights)
+    return build_mobilenet_v3(spec, num_classes, weights, reduced_tail)
