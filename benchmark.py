@@ -152,15 +152,16 @@ def _train_row(name, batch, amp, channels_last, compiled, device, repeats):
 
 
 def bench_models(args, device, rows):
-    """The model table's columns: input size, default boxes, parameters, multiply-adds of one
+    """The model table's columns (with a COCO head: torchvision's 91-way, ours 81-way): input size,
+    default boxes, parameters, multiply-adds of one
     forward pass (torchvision's tables call them GFLOPS), and the latency of one image at batch 1
     (forward and decoding at the inference scripts' score threshold, 0.3, NHWC, float32, threads as
     PyTorch's)."""
     from torch.utils.flop_counter import FlopCounterMode
     for name in args.models:
         torch.manual_seed(0)
-        model = build_model(name, 81).to(device).eval()
-        spec = model.spec
+        spec = get_spec(name)
+        model = build_model(name, 91 if spec.family == "torchvision" else 81).to(device).eval()  # COCO's heads
         post = Postprocessor.for_spec(spec, device, score_threshold=0.3)
         image = torch.randn(1, 3, spec.fig_size, spec.fig_size, device=device)
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -646,9 +647,9 @@ def main(args):
         torch.backends.cudnn.benchmark = True
     rows = []
     print(json.dumps(machine(device)))
-    benches = {"models": bench_models, "train": bench_train, "inference": bench_inference, "decode": bench_decode, "data": bench_data,
-               "eval": bench_eval, "report": bench_report, "memory": bench_memory, "matching": bench_matching,
-               "deploy": bench_deploy}
+    benches = {"models": bench_models, "train": bench_train, "inference": bench_inference, "decode": bench_decode,
+               "data": bench_data, "eval": bench_eval, "report": bench_report, "memory": bench_memory,
+               "matching": bench_matching, "deploy": bench_deploy}
     for section in SECTIONS:
         if section in args.only:
             benches[section](args, device, rows)

@@ -17,6 +17,7 @@ from src.cli import ArgumentParser, positive_float, positive_int, run_cli, train
 from src.data.dataset import coco_paths, load_coco
 from src.data.toy_dataset import generate
 from src.evaluation.coco_eval import coco_evaluate
+from src.models.specs import MODEL_NAMES
 from src.utils.errors import UserError
 from src.utils.outputs import OutputGuard
 
@@ -33,6 +34,8 @@ def get_args_parser():
     p.add_argument("--train-images", type=positive_int, default=640)
     p.add_argument("--val-images", type=positive_int, default=100)
     p.add_argument("--image-size", type=positive_int, nargs=2, default=[240, 320], metavar=("H", "W"))
+    p.add_argument("--model", choices=MODEL_NAMES, default="ssdlite",
+                   help="the model trained from scratch (the others are 3-17x slower on a CPU: README's model table)")
     p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--batch-size", type=training_batch_size, default=8)
     p.add_argument("--lr", type=positive_float, default=0.1, help="for 32 images a step, as in train.py")
@@ -87,10 +90,10 @@ def main(args):
         generate(args.data, args.train_images, args.val_images, seed=args.seed, size=tuple(args.image_size))
     else:
         print(f"==> reusing the toy dataset in {args.data}")
-    ckpt = os.path.join(out, "trained_models", "ssdlite.pth")
-    step("training SSDLite from scratch (resumes if stopped; COCO mAP after each epoch)",
-         "train.py", "--data-path", args.data, "--model", "ssdlite", "--save-folder", os.path.dirname(ckpt),
-         "--log-path", os.path.join(out, "runs", "ssdlite"), "--epochs", str(args.epochs),
+    ckpt = os.path.join(out, "trained_models", f"{args.model}.pth")
+    step(f"training {args.model} from scratch (resumes if stopped; COCO mAP after each epoch)",
+         "train.py", "--data-path", args.data, "--model", args.model, "--save-folder", os.path.dirname(ckpt),
+         "--log-path", os.path.join(out, "runs", args.model), "--epochs", str(args.epochs),
          "--batch-size", str(args.batch_size), "--lr", str(args.lr), "--warmup", "50",
          "--multistep", str(max(1, args.epochs * 4 // 5)), "--num-workers", "1", "--seed", str(args.seed),
          "--no-pretrained-backbone", "--zoom-out", "1", "--amp", "--channels-last")
@@ -99,7 +102,7 @@ def main(args):
     step("COCO mAP on the toy val split, and the evaluation report", "test_dataset.py", "--pretrained-model", ckpt,
          "--data-path", args.data, "--num-workers", "1", "--json", os.path.join(outputs, "detections.json"),
          "--report", report)
-    onnx_file, onnx_json = os.path.join(outputs, "ssdlite.onnx"), os.path.join(outputs, "detections_onnx.json")
+    onnx_file, onnx_json = os.path.join(outputs, f"{args.model}.onnx"), os.path.join(outputs, "detections_onnx.json")
     step("exporting it for deployment (ONNX, the decoding in the graph)", "export_onnx.py", "--pretrained-model",
          ckpt, "--output", onnx_file, "--with-nms")
     step("the exported model's COCO mAP on ONNX Runtime, without PyTorch", "test_dataset.py", "--pretrained-model",
@@ -114,14 +117,15 @@ def main(args):
     video = os.path.join(outputs, "clip_prediction.mp4")
     step("detecting on a short clip", "test_video.py", "--pretrained-model", ckpt, "--input", clip, "--output", video)
     curves = os.path.join(outputs, "curves.png")
-    step("plotting the training curves", "plot_logs.py", "--log-path", os.path.join(out, "runs", "ssdlite"),
+    step("plotting the training curves", "plot_logs.py", "--log-path", os.path.join(out, "runs", args.model),
          "--output", curves)
     sources = [picture, curves, os.path.join(report, "confusion.png"), os.path.join(report, "pr_curves.png")]
     for source, copy in zip(sources, copies):
         shutil.copy(source, copy)
     guard.record(copies)
     print(f"\nDone. Checkpoint: {ckpt}\n      Outputs: {outputs} (detection.jpg, clip_prediction.mp4, "
-          f"detections.json, curves.png, ssdlite.onnx)\n      Evaluation report: {os.path.join(report, 'index.html')}"
+          f"detections.json, curves.png, {args.model}.onnx)\n      Evaluation report: "
+          f"{os.path.join(report, 'index.html')}"
           f"\n      TensorBoard: tensorboard --logdir {os.path.join(out, 'runs')}")
 
 

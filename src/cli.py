@@ -15,7 +15,6 @@ from src.models.specs import MODEL_NAMES
 from src.utils.errors import UserError
 
 
-
 class ArgumentParser(argparse.ArgumentParser):
     """argparse's parser with a usage error on one line, ``prog: error: message`` (the usage
     itself is one ``--help`` away), exit status 2."""
@@ -125,8 +124,9 @@ def _int_at_least(text, low):
 def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
     """Flags of every inference script (the original's underscore spellings work too)."""
     p.add_argument("--pretrained-model", "--pretrained_model", default=None,
-                   help="a checkpoint (ours, the original's SSD.pth or NVIDIA's), 'original' / 'nvidia' for their "
-                        "published COCO weights, or a model exported with export_onnx.py --with-nms (.onnx) "
+                   help="a checkpoint (ours, the original's SSD.pth, NVIDIA's or torchvision's), 'original', "
+                        "'nvidia', 'torchvision-vgg16' or 'torchvision-mnv3' for published COCO weights, or a model "
+                        "exported with export_onnx.py --with-nms (.onnx) "
                         "(default trained_models/<model>.pth)")
     p.add_argument("--model", choices=MODEL_NAMES, default=None,
                    help="only needed when no checkpoint is given; read from the checkpoint otherwise")

@@ -111,7 +111,8 @@ def test_ssd512_default_boxes_are_the_papers():
     first = boxes[:4 * 64 * 64].view(4, 64 * 64, 4)  # (box size, cell, cxcywh)
     torch.testing.assert_close(first[0, 0], torch.tensor([0.5 / 64, 0.5 / 64, 0.04, 0.04]))
     torch.testing.assert_close(first[1, 0, 2:], torch.full((2,), math.sqrt(0.04 * 0.1)))
-    torch.testing.assert_close(first[2, 1], torch.tensor([1.5 / 64, 0.5 / 64, 0.04 * math.sqrt(2), 0.04 / math.sqrt(2)]))
+    wide = torch.tensor([1.5 / 64, 0.5 / 64, 0.04 * math.sqrt(2), 0.04 / math.sqrt(2)])  # 2:1, second cell
+    torch.testing.assert_close(first[2, 1], wide)
     last = boxes[-4:]  # the 1x1 map: centred, s_k 0.9, s' sqrt(0.9 * 1.06), the 2:1 box's width clamped to 1
     torch.testing.assert_close(last[:, :2], torch.full((4, 2), 0.5))
     torch.testing.assert_close(last[0, 2:], torch.full((2,), 0.9))
@@ -210,8 +211,8 @@ def test_fine_tuning_from_published_weights_reinitialises_the_class_heads_only(p
 @pytest.mark.parametrize("name", [pytest.param("ssd512", marks=SLOW), pytest.param("ssd300-vgg16", marks=SLOW),
                                   "ssdlite320-mnv3"])
 def test_a_few_steps_lower_the_loss(name):
-    """Two images with one box each, three steps (five for the small model): the loss falls (every model trains end to end;
-    VGG-16 without BatchNorm wants a small step from random weights)."""
+    """Two images with one box each, three steps (five for the small model): the loss falls (every
+    model trains end to end; VGG-16 without BatchNorm wants a small step from random weights)."""
     torch.manual_seed(0)
     spec = get_spec(name)
     model = build_model(name, 3).train()
@@ -222,7 +223,8 @@ def test_a_few_steps_lower_the_loss(name):
     images = torch.randn(2, 3, spec.fig_size, spec.fig_size)
     targets = [{"boxes": torch.tensor([[0.1, 0.1, 0.5, 0.6]]), "labels": torch.tensor([1])},
                {"boxes": torch.tensor([[0.4, 0.3, 0.9, 0.8]]), "labels": torch.tensor([2])}]
-    losses = [train_step(model, criterion, images, targets, step)["total"].item() for _ in range(5 if name == "ssdlite320-mnv3" else 3)]
+    steps = 5 if name == "ssdlite320-mnv3" else 3
+    losses = [train_step(model, criterion, images, targets, step)["total"].item() for _ in range(steps)]
     assert all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0], losses
 
 
@@ -237,3 +239,31 @@ def test_the_spec_carries_torchvisions_settings(name):
     assert tv.box_coder.weights == (10.0, 10.0, 5.0, 5.0)  # our variances 0.1 and 0.2
     assert list(pre.mean) == tv.transform.image_mean and list(pre.std) == tv.transform.image_std
     assert tv.transform.fixed_size == (spec.fig_size, spec.fig_size) and not pre.antialias
+
+
+@pytest.mark.slow
+def test_exported_torchvision_weights_detect_as_pytorch(published, tmp_path):
+    """export_onnx.py --with-nms on torchvision's weights, run on ONNX Runtime without PyTorch
+    (its own preprocessing, the model's metadata): PyTorch's detections."""
+    import subprocess
+    import sys
+
+    from test_export import ROOT
+
+    from src.inference.runtime import ExportedDetector
+    name, _, path = published
+    out = tmp_path / "m.onnx"
+    result = subprocess.run([sys.executable, "export_onnx.py", "--pretrained-model", path, "--output", str(out),
+                             "--with-nms"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    exported = ExportedDetector(str(out), cls_threshold=None)
+    assert exported.cls_threshold == get_spec(name).decoding.score_threshold
+    model, ids, names = load_model(path)
+    img = photo()
+    expected = Detector(model, ids, names, cls_threshold=exported.cls_threshold)([img])[0]
+    got = exported([img.permute(1, 2, 0).numpy()])[0]
+    assert len(expected.labels) > 50 and "N/A" not in got.names
+    assert_same_detections(
+        type(got)(torch.from_numpy(got.boxes), torch.from_numpy(got.labels), torch.from_numpy(got.scores), got.names),
+        {"labels": expected.labels, "scores": expected.scores, "boxes": expected.boxes},
+        box_tolerance=0.05, score_tolerance=1e-4)

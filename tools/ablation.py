@@ -1,6 +1,6 @@
 """What makes a short run on a small set learn: the training recipe's choices, one at a time.
 
-Trains SSDLite from scratch on a toy set at a fixed short budget (batch 16, lr 0.01 for that
+Trains SSDLite (or a row's --model) from scratch on a toy set at a fixed short budget (batch 16, lr 0.01 for that
 batch after a 50-iteration warm-up, 8 epochs of 400 images = 200 iterations) for every row and
 seed, and prints one table of COCO AP on the toy val split (mean and the two seeds).
 
@@ -48,6 +48,7 @@ ROWS = {  # name: train.py flags
     "warmup-300": ["--warmup", "300"],  # the default before issue 27: longer than this whole run
     "warmup-auto": ["--warmup", "auto"],  # today's default: 5% of the run (10 iterations here)
     "colour-nvidia": ["--colour", "nvidia"],  # NVIDIA's DALI colour distortion, on every image
+    "ssdlite320-mnv3": ["--model", "ssdlite320-mnv3"],  # torchvision's SSDLite (the last --model wins)
 }
 
 
@@ -95,10 +96,10 @@ def child(row, seed, data, out):
          "--seed", str(seed)])
     train.main(args)
     from src.checkpoints.schema import read_checkpoint
-    last = read_checkpoint(os.path.join(save, "ssdlite.pth"))["history"][-1]
+    checkpoint = os.path.join(save, f"{args.model}.pth")
+    last = read_checkpoint(checkpoint)["history"][-1]
     result = {"row": row, "seed": seed, "style": os.path.basename(data), "AP": last["AP"], "AP50": last["AP50"],
-              "loss": last["loss"], "fp_per_distractor_image": false_positives(os.path.join(save, "ssdlite.pth"),
-                                                                                data)}
+              "loss": last["loss"], "fp_per_distractor_image": false_positives(checkpoint, data)}
     with open(os.path.join(out, "results.jsonl"), "a") as f:
         f.write(json.dumps(result) + "\n")
 
