@@ -6,10 +6,12 @@
 
 Without --with-nms the graph outputs the raw ``ploc`` (N, 4, B) and ``plabel`` (N, C, B), and the
 default boxes (B, 4, normalised cxcywh: centre x, centre y, width, height) go to
-<output>.dboxes.npy beside it. With --with-nms it outputs ``boxes`` (N, 200, 4, normalised ltrb),
-``labels`` and ``scores`` (N, 200); empty slots have score 0. Inputs are (N, 3, 300, 300) RGB,
-scaled to [0, 1] and normalised with the ImageNet mean and std. The file's metadata carries the
-model name, input size, mean and std, thresholds and categories: test_image.py, test_video.py and
+<output>.dboxes.npy beside it. With --with-nms it outputs ``boxes`` (N, M, 4, normalised ltrb),
+``labels`` and ``scores`` (N, M), M the model's detections per image (200; 300 for ssdlite320-mnv3);
+empty slots have score 0. Inputs are (N, 3, S, S) RGB, S the model's input size (300; 512 for
+ssd512, 320 for ssdlite320-mnv3), normalised as the model's weights expect (ImageNet's mean and std;
+torchvision's models their own). The file's metadata carries the model name, input size, mean and
+std, the resize, thresholds and categories: test_image.py, test_video.py and
 test_dataset.py run a --with-nms file on ONNX Runtime or OpenVINO without PyTorch. --int8
 quantizes the convolutions from images of the training split (the decoding stays float) and
 prints the COCO AP of both on the val split. Needs the onnx package (requirements-dev.txt).

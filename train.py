@@ -17,7 +17,13 @@ from torch.utils.data import DataLoader
 from torch.utils.tensorboard import SummaryWriter
 
 from src.checkpoints.published import local_path
-from src.checkpoints.schema import TrainingCheckpoint, load_matching_weights, load_model_weights
+from src.checkpoints.schema import (
+    TrainingCheckpoint,
+    checkpoint_state,
+    has_reduced_tail,
+    load_matching_weights,
+    load_model_weights,
+)
 from src.cli import (
     ArgumentParser,
     default_device,
@@ -158,7 +164,7 @@ def get_args_parser():
     p.add_argument("--device", type=device_name, default=default_device())
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--no-pretrained-backbone", action="store_true", help="do not load ImageNet weights")
-    p.add_argument("--finetune-from", default=None, metavar="PATH|original|nvidia",
+    p.add_argument("--finetune-from", default=None, metavar="PATH|NAME",
                    help="start from a checkpoint of any form; class heads of another class count start afresh")
     p.add_argument("--eval-every", type=non_negative_int, default=1, help="COCO mAP every N epochs; 0 turns it off")
     p.add_argument("--dist-timeout", type=positive_float, default=600, help="seconds before a stalled rank fails")
@@ -180,7 +186,7 @@ def main(args):
                                        (train_set.category_ids, train_set.category_names),
                                        train_set.annotation_file, args.batch_size * world_size) \
             if os.path.exists(checkpoint_path(args)) else None
-        model = create_model(args, train_set.num_classes, device, from_checkpoint=ckpt is not None)
+        model = create_model(args, train_set.num_classes, device, ckpt.model if ckpt else None)
         sampler, loader = build_loader(args, train_set, rank, world_size, device)
         step = build_step(args, model, len(loader), world_size, device)
         log = restore(ckpt, model, step, checkpoint_path(args)) if ckpt else TrainingLog()
@@ -326,17 +332,23 @@ def build_datasets(args, world_size: int):
     return train, val
 
 
-def create_model(args, num_classes: int, device, from_checkpoint: bool):
+def create_model(args, num_classes: int, device, resumed: dict | None = None):
     """The model on ``device``: ImageNet backbone weights, or fine-tuned from ``--finetune-from``,
-    or (``from_checkpoint``: a resumed run) left for the checkpoint to fill."""
+    or (``resumed``: the state dict of the run's checkpoint) left for the checkpoint to fill. The
+    weights the run started from decide what torchvision's builders decide from them: SSDLite320's
+    tail (read from the resumed or fine-tuned state dict) and VGG-16's frozen first stage."""
+    from_checkpoint = resumed is not None
     finetune = args.finetune_from and not from_checkpoint
     pretrained = not args.no_pretrained_backbone and not from_checkpoint and not finetune
+    source = resumed if from_checkpoint else checkpoint_state(args.finetune_from) if finetune else None
     if pretrained:
         fetch_backbone_weights(args.model, args.backbone_weights)
         if is_main_process():
             print(f"Backbone: torchvision's {imagenet_weights(args.model, args.backbone_weights)}")
     model = build_model(args.model, num_classes, pretrained_backbone=pretrained, detach_first_map=args.detach_first_map,
-                        backbone_weights=args.backbone_weights)
+                        backbone_weights=args.backbone_weights,
+                        reduced_tail=has_reduced_tail(source) if source is not None else None,
+                        from_trained=bool(args.finetune_from) or not args.no_pretrained_backbone)
     if finetune:
         skipped = load_matching_weights(model, args.finetune_from)
         if is_main_process():

@@ -182,6 +182,15 @@ def test_unused_coco_labels_are_never_reported(published):
     assert "N/A" not in got.names
 
 
+def test_an_exported_torchvision_head_matches_a_dataset_by_name():
+    """An exported file's 90 labels (ten of them "N/A", of no category) match a COCO-style set."""
+    from src.data.categories import COCO_CATEGORIES, match_by_name
+    ids, names, _ = torchvision_coco_labels()
+    dataset = DatasetCategories([i for i, _ in COCO_CATEGORIES], [n for _, n in COCO_CATEGORIES], "coco.json")
+    matched, _ = match_by_name((ids, names), dataset)
+    assert matched == ids and matched[11] is None and matched.count(None) == 10
+
+
 def test_torchvision_labels_on_a_dataset_are_matched_by_name():
     dataset = DatasetCategories([1, 2], ["dog", "person"], "my.json")
     ids, names, notes = torchvision_coco_labels(dataset)
@@ -267,3 +276,35 @@ def test_exported_torchvision_weights_detect_as_pytorch(published, tmp_path):
         type(got)(torch.from_numpy(got.boxes), torch.from_numpy(got.labels), torch.from_numpy(got.scores), got.names),
         {"labels": expected.labels, "scores": expected.scores, "boxes": expected.boxes},
         box_tolerance=0.05, score_tolerance=1e-4)
+
+
+@pytest.mark.slow
+def test_vgg16_from_trained_weights_freezes_its_first_stage_as_torchvision(monkeypatch):
+    """From ImageNet's weights (torchvision freezes conv1_1 and conv1_2 then), and from a checkpoint
+    (a resumed or fine-tuned run: the same parameters train, so the optimizer's state fits)."""
+    import torchvision.models as tvm
+    real = tvm.vgg16
+    monkeypatch.setattr("torchvision.models.detection.ssd.vgg16", lambda weights=None, **k: real(weights=None, **k))
+    frozen = {"backbone.features.0.weight", "backbone.features.0.bias", "backbone.features.2.weight",
+              "backbone.features.2.bias"}
+    pretrained = build_model("ssd300-vgg16", 3, pretrained_backbone=True)  # the download faked away
+    assert {n for n, p in pretrained.named_parameters() if not p.requires_grad} == frozen
+    assert {n for n, p in build_model("ssd300-vgg16", 3, from_trained=True).named_parameters()
+            if not p.requires_grad} == frozen
+    assert all(p.requires_grad for p in build_model("ssd300-vgg16", 3).parameters())  # from scratch
+
+
+def test_a_resumed_or_fine_tuned_ssdlite320_keeps_the_tail_it_started_with(tmp_path):
+    """A run from ImageNet's MobileNetV3 has the full tail: resumed (built without ImageNet's
+    weights) or fine-tuned from, it must be built with it again."""
+    import train
+    full = build_model("ssdlite320-mnv3", 4, reduced_tail=False)
+    args = train.get_args_parser().parse_args(["--model", "ssdlite320-mnv3"])
+    resumed = train.create_model(args, 4, torch.device("cpu"), full.state_dict())
+    assert resumed.state_dict().keys() == full.state_dict().keys()
+    assert all(a.shape == b.shape for a, b in zip(resumed.state_dict().values(), full.state_dict().values()))
+    torch.save({"model": full.state_dict()}, tmp_path / "full.pth")
+    args = train.get_args_parser().parse_args(["--model", "ssdlite320-mnv3", "--finetune-from",
+                                                str(tmp_path / "full.pth")])
+    tuned = train.create_model(args, 4, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), full.state_dict().values()))

@@ -285,6 +285,12 @@ def _print_notes(notes: list[str]):
             print(line, file=sys.stderr)
 
 
+def checkpoint_state(path: str) -> dict:
+    """The model state dict of a checkpoint of any form (a file or a published name)."""
+    path = resolve(path)
+    return model_state_dict(read_checkpoint(path), path)
+
+
 def load_matching_weights(model, path: str) -> list[str]:
     """Fine-tuning: from a checkpoint of any form (a file or a published name), copy every tensor
     whose name and shape match (backbone, extra layers, box heads); keep the fresh

@@ -93,7 +93,8 @@ def match_by_name(model: tuple[list, list], dataset: DatasetCategories):
     """The dataset's id of each of the model's labels 1..K, the categories matched by name (those
     the file leaves unnamed, by id, with a warning).
 
-    :param model: ``(ids, names)`` of the model's labels 1..K
+    :param model: ``(ids, names)`` of the model's labels 1..K; a label whose id is None is of no
+        category and stays None
     :return: ``(ids, notes)``: ``ids[k]`` the dataset id of label k + 1, or None where the dataset
         has no such category (those detections are left out); ``notes`` one-line remarks worth
         printing (ids that differ, model categories the dataset lacks, matches by id alone)
@@ -102,6 +103,13 @@ def match_by_name(model: tuple[list, list], dataset: DatasetCategories):
     """
     if (list(model[0]), list(model[1])) == (list(dataset.ids), list(dataset.names)):
         return list(model[0]), []  # the same categories: nothing to match, even with names that repeat
+    if None in model[0]:  # labels of no category (torchvision's unused COCO ids): matched to none
+        kept = [k for k, i in enumerate(model[0]) if i is not None]
+        ids, notes = match_by_name(([model[0][k] for k in kept], [model[1][k] for k in kept]), dataset)
+        out = [None] * len(model[0])
+        for k, i in zip(kept, ids):
+            out[k] = i
+        return out, notes
     for names, where in ((dataset.names, dataset.where), (model[1], "the model")):
         repeated = sorted({str(n) for n in names if list(map(str, names)).count(str(n)) > 1})
         if repeated:

@@ -171,7 +171,7 @@ class SSD(nn.Module):
 
     def forward(self, x):
         """
-        :param x: (N, 3, 300, 300) normalised images
+        :param x: (N, 3, S, S) normalised images, S = ``spec.fig_size`` (300, or 512 for SSD512)
         :return: ``(ploc (N, 4, B), plabel (N, num_classes, B))``, in default-box order
         """
         maps = self.feature_maps(x)
@@ -183,12 +183,14 @@ class SSD(nn.Module):
 
 
 def build_model(name: str, num_classes: int, pretrained_backbone: bool = False, detach_first_map: bool = False,
-                backbone_weights: str | None = None, reduced_tail: bool | None = None):
+                backbone_weights: str | None = None, reduced_tail: bool | None = None, from_trained: bool = False):
     """Model ``name`` of :data:`~src.models.specs.MODEL_NAMES`: SSD300-ResNet50 (``"ssd"``),
     SSD512-ResNet50 (``"ssd512"``), SSDLite-MobileNetV2 (``"ssdlite"``) (:class:`SSD`), or
     torchvision's SSD300-VGG16 (``"ssd300-vgg16"``) and SSDLite320-MobileNetV3-Large
     (``"ssdlite320-mnv3"``; ``reduced_tail``: see
-    :func:`~src.models.torchvision_family.build_mobilenet_v3`)."""
+    :func:`~src.models.torchvision_family.build_mobilenet_v3`). ``from_trained``: the run starts
+    from trained weights (ImageNet's or a checkpoint's), so VGG-16's first stage is frozen, as
+    torchvision does."""
     spec = get_spec(name)
     if spec.family == "nvidia":
         return SSD(spec, num_classes, pretrained_backbone, detach_first_map, backbone_weights)
@@ -196,5 +198,5 @@ def build_model(name: str, num_classes: int, pretrained_backbone: bool = False, 
         raise ValueError("detach_first_map is an SSDLite-MobileNetV2 variant")
     weights = imagenet_weights(name, backbone_weights) if pretrained_backbone else None
     if name == "ssd300-vgg16":
-        return build_vgg16(spec, num_classes, weights)
+        return build_vgg16(spec, num_classes, weights, from_trained or weights is not None)
     return build_mobilenet_v3(spec, num_classes, weights, reduced_tail)

@@ -62,11 +62,22 @@ class TorchvisionSSD(nn.Module):
         return ploc, plabel
 
 
-def build_vgg16(spec, num_classes: int, weights=None) -> TorchvisionSSD:
-    """SSD300-VGG16 as ``torchvision.models.detection.ssd300_vgg16`` builds it (with ImageNet
-    ``weights``, the first of its five stages frozen, as there)."""
-    tv = ssd300_vgg16(weights=None, weights_backbone=weights, num_classes=num_classes)
+def build_vgg16(spec, num_classes: int, weights=None, from_trained: bool = False) -> TorchvisionSSD:
+    """SSD300-VGG16 as ``torchvision.models.detection.ssd300_vgg16`` builds it: starting from
+    trained weights (ImageNet ``weights`` or a checkpoint's, ``from_trained``) the first of its five
+    stages is frozen, as there."""
+    tv = ssd300_vgg16(weights=None, weights_backbone=weights, num_classes=num_classes)  # frozen with weights
+    if from_trained and weights is None:
+        _freeze_first_stage(tv.backbone.features)
     return TorchvisionSSD(spec, num_classes, tv.backbone, tv.head)
+
+
+def _freeze_first_stage(features: nn.Sequential):
+    """No gradient for VGG-16's layers before its first max-pool (conv1_1, conv1_2): what torchvision
+    freezes in a model built from trained weights."""
+    first_pool = next(i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d))
+    for p in features[:first_pool].parameters():
+        p.requires_grad_(False)
 
 
 def build_mobilenet_v3(spec, num_classes: int, weights=None, reduced_tail: bool | None = None) -> TorchvisionSSD:
