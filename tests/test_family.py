@@ -217,8 +217,8 @@ def test_fine_tuning_from_published_weights_reinitialises_the_class_heads_only(p
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items() if k not in skipped)
 
 
-@pytest.mark.parametrize("name", [pytest.param("ssd512", marks=SLOW), pytest.param("ssd300-vgg16", marks=SLOW),
-                                  "ssdlite320-mnv3"])
+@SLOW
+@pytest.mark.parametrize("name", NEW)
 def test_a_few_steps_lower_the_loss(name):
     """Two images with one box each, three steps (five for the small model): the loss falls (every
     model trains end to end; VGG-16 without BatchNorm wants a small step from random weights)."""
