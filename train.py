@@ -268,7 +268,8 @@ def prepare_outputs(args):
 def check_save_folder(args):
     """Neither checkpoint this run writes may be one it reads or one another run left."""
     last, best = checkpoint_path(args), best_path(args)
-    if args.finetune_from and identity(local_path(args.finetune_from)) in (identity(last), identity(best)):
+    source = identity(local_path(args.finetune_from)) if args.finetune_from else None
+    if source is not None and source in (identity(last), identity(best)):
         raise UserError(f"--finetune-from {args.finetune_from} is where this run saves its checkpoints: "
                         "copy it elsewhere or choose another --save-folder")
     if os.path.lexists(best) and not os.path.lexists(last):
@@ -350,7 +351,7 @@ def create_model(args, num_classes: int, device, resumed: dict | None = None):
                         reduced_tail=has_reduced_tail(source) if source is not None else None,
                         from_trained=bool(args.finetune_from) or not args.no_pretrained_backbone)
     if finetune:
-        skipped = load_matching_weights(model, args.finetune_from)
+        skipped = load_matching_weights(model, args.finetune_from, source)
         if is_main_process():
             print(f"Fine-tuning from {args.finetune_from}; re-initialised (other shape or absent): "
                   f"{', '.join(skipped) if skipped else 'nothing'}")

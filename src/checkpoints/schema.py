@@ -291,15 +291,17 @@ def checkpoint_state(path: str) -> dict:
     return model_state_dict(read_checkpoint(path), path)
 
 
-def load_matching_weights(model, path: str) -> list[str]:
+def load_matching_weights(model, path: str, state: dict | None = None) -> list[str]:
     """Fine-tuning: from a checkpoint of any form (a file or a published name), copy every tensor
     whose name and shape match (backbone, extra layers, box heads); keep the fresh
     initialisation of the rest (class heads of another class count).
 
+    :param state: its state dict when already read (:func:`checkpoint_state`), or None
     :return: the names of the model's tensors that were not loaded
     """
     path = resolve(path)
-    state = model_state_dict(read_checkpoint(path), path)
+    if state is None:
+        state = checkpoint_state(path)
     architecture_of(state, path, model.spec.name)
     state = adapt_state_dict(state, model.spec.name)
     own = model.state_dict()
