@@ -16,7 +16,9 @@ import torch
 from src.checkpoints.schema import load_model
 from src.cli import (
     ArgumentParser,
+    NumpyImages,
     add_detector_args,
+    add_tile_args,
     backend_of,
     checkpoint_from_args,
     fraction,
@@ -25,6 +27,7 @@ from src.cli import (
     positive_int,
     pytorch_device,
     run_cli,
+    tiled,
 )
 from src.data.categories import match_by_name
 from src.data.dataset import dataset_from, eval_loader
@@ -34,6 +37,7 @@ from src.evaluation.evaluate import eval_batch_size, evaluate, evaluate_images
 from src.evaluation.report import build, print_table, report_files, write_report
 from src.evaluation.voc_eval import voc_evaluate
 from src.inference.detections import Detections
+from src.inference.detector import Detector
 from src.inference.draw import draw_detections
 from src.inference.runtime import ExportedDetector
 from src.models.postprocess import Postprocessor
@@ -72,6 +76,7 @@ def get_args_parser():
                         "COCOeval, report, writing")
     p.add_argument("--max-bad-images", type=fraction, default=0.05,
                    help="share of the listed images that may be missing before it is an error")
+    add_tile_args(p)
     return p
 
 
@@ -193,11 +198,28 @@ def load_exported(args, checkpoint, dataset) -> Loaded:
     return Loaded(ids, detector.category_names, detector.describe, detector=detector)
 
 
+def tiled_run(args, run: Loaded, dataset, device) -> Loaded:
+    """``run`` as a detector of images on tiles (--tile): each image read at its own size, cut
+    into tiles, its detections merged (see src/inference/tiles.py)."""
+    detector = run.detector
+    if detector is None:
+        detector = NumpyImages(Detector(run.model, run.category_ids, run.category_names, device,
+                                        cls_threshold=args.cls_threshold, nms_threshold=args.nms_threshold,
+                                        amp=args.amp))
+    sizes = [dataset.annotated_size(i) for i in dataset.ids]
+    detector = tiled(args, detector, [(w, h) for h, w in (s for s in sizes if s)])
+    return Loaded(run.category_ids, run.category_names, detector.describe, detector=detector)
+
+
 def main(args):
     backend = backend_of(args)
     rank, _, world_size, device = init_distributed(pytorch_device(args) if backend == "pytorch" else "cpu")
     if backend != "pytorch" and world_size > 1:
         raise UserError(f"the {backend} backend evaluates in one process: run it without torchrun")
+    if args.tile and world_size > 1:
+        raise UserError("--tile evaluates in one process: run it without torchrun")
+    if args.tile is None and args.tile_overlap != 0.2:
+        raise UserError("--tile-overlap needs --tile SIZE")
     watch = Stopwatch(device)
     watch.add("start-up", process_age())  # the interpreter and the imports
     checkpoint = checkpoint_from_args(args)
@@ -224,13 +246,15 @@ def main(args):
     with watch("checkpoint"):
         run = load_pytorch(args, checkpoint, dataset, device) if backend == "pytorch" else \
             load_exported(args, checkpoint, dataset)
+        if args.tile:
+            run = tiled_run(args, run, dataset, device)
     guard.claim()  # checked and loaded: nothing is written before this
     ids, names = run.category_ids, run.category_names
     if is_main_process():
         for line in dataset.warnings:
             print(f"warning: {line}", file=sys.stderr)
         print(f"{checkpoint}: {run.describe}, {len(names)} classes; {len(dataset)} images, {world_size} process(es)")
-    if backend == "pytorch":
+    if run.model is not None:
         loader = eval_loader(dataset, args.batch_size or eval_batch_size(device), args.num_workers, rank, world_size,
                              pin_memory=device.type == "cuda")
         evaluation, results = evaluate(run.model, loader, run.postprocess, device, category_ids=ids, amp=args.amp,

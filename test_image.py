@@ -14,12 +14,14 @@ from src.cli import (
     ArgumentParser,
     add_categories_arg,
     add_detector_args,
+    add_tile_args,
     categories_from_args,
     checkpoint_from_args,
     detector_from_args,
     input_path_of,
     positive_int,
     run_cli,
+    tiled,
 )
 from src.data.images import read_image
 from src.inference.draw import draw_detections
@@ -38,6 +40,7 @@ def get_args_parser():
                                     "(default: beside each input, with a _prediction suffix)")
     p.add_argument("--json", help="write every detection (class, score, box in pixels) here")
     p.add_argument("--batch-size", type=positive_int, default=8)
+    add_tile_args(p)
     return p
 
 
@@ -84,6 +87,19 @@ def check_formats(outputs: list[str]):
             raise UserError(f"cannot write a picture as {path}: use an image extension such as .jpg or .png")
 
 
+def image_sizes(paths: list[str]) -> list[tuple[int, int]]:
+    """(w, h) of each readable image, from its header (PIL reads no pixels for this)."""
+    from PIL import Image
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                sizes.append(img.size)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            pass  # reported when it is read
+    return sizes
+
+
 def read_batch(paths: list[str], single: bool):
     """The decodable images of ``paths`` (EXIF orientation applied: phone photos come upright);
     a bad one is skipped with a warning, or is an error when it is the only input."""
@@ -110,6 +126,7 @@ def main(args):
         guard.file(args.json, "--json")
     output_of = dict(zip(inputs, outputs))
     detector = detector_from_args(args, checkpoint, categories)
+    detector = tiled(args, detector, image_sizes(inputs) if args.tile else ())
     guard.claim()  # checked and loaded: nothing is written before this
     report = []
     for start in range(0, len(inputs), args.batch_size):

@@ -64,6 +64,7 @@ positive_float = _bounded_float(lambda v: v > 0, "is not above 0", "a number > 0
 non_negative_float = _bounded_float(lambda v: v >= 0, "is below 0", "a number >= 0 (weight decay)")
 fraction = _bounded_float(lambda v: 0 <= v <= 1, "is not in [0, 1]", "a number in [0, 1] (a threshold, a share)")
 sgd_momentum = _bounded_float(lambda v: 0 <= v < 1, "is not in [0, 1)", "SGD momentum, in [0, 1)")
+tile_overlap = _bounded_float(lambda v: 0 <= v < 1, "is not in [0, 1)", "an overlap of tiles, in [0, 1)")
 zoom_factor = _bounded_float(lambda v: v >= 1, "is below 1 (1 turns zoom-out off)", "a zoom-out factor, at least 1")
 
 
@@ -146,6 +147,27 @@ def add_detector_args(p: argparse.ArgumentParser, cls_threshold: float):
     p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads of the backend (default: the runtime's own)")
+
+
+def add_tile_args(p: argparse.ArgumentParser):
+    """``--tile`` and ``--tile-overlap``: tiled inference for small objects in large images."""
+    p.add_argument("--tile", type=positive_int, default=None, metavar="SIZE",
+                   help="also detect in overlapping tiles of SIZE pixels (at least the model's input size), merged "
+                        "with the whole-image pass: small objects in large images")
+    p.add_argument("--tile-overlap", type=tile_overlap, default=0.2, metavar="F",
+                   help="share of a tile that neighbouring tiles overlap, in [0, 1) (default 0.2)")
+
+
+def tiled(args, detector, image_sizes=()):
+    """``detector`` run on tiles when ``--tile`` is given (checked against the model's input
+    size and the images' (w, h) sizes), else ``detector`` itself."""
+    if args.tile is None:
+        if args.tile_overlap != 0.2:
+            raise UserError("--tile-overlap needs --tile SIZE")
+        return detector
+    from src.inference.tiles import TiledDetector, check_tile
+    check_tile(args.tile, args.tile_overlap, detector.input_size, image_sizes)
+    return TiledDetector(detector, args.tile, args.tile_overlap)
 
 
 def backend_of(args) -> str:
@@ -256,16 +278,19 @@ def detector_from_args(args, checkpoint: str, categories: DatasetCategories | No
     detector = Detector.from_checkpoint(checkpoint, args.model, pytorch_device(args),
                                         categories=categories, cls_threshold=args.cls_threshold,
                                         nms_threshold=args.nms_threshold, amp=args.amp)
-    return _NumpyImages(detector)
+    return NumpyImages(detector)
 
 
-class _NumpyImages:
+class NumpyImages:
     """The PyTorch detector on NumPy images, with NumPy detections (as the exported ones)."""
 
     def __init__(self, detector):
         self.detector = detector
         self.category_names = detector.category_names
         self.describe = f"{detector.model.spec.name} on PyTorch ({detector.device})"
+        self.input_size = detector.model.spec.fig_size
+        self.nms_threshold = detector.postprocess.nms_threshold
+        self.max_output = detector.postprocess.max_output
 
     def __call__(self, images_rgb):
         import torch

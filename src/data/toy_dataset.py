@@ -67,6 +67,9 @@ class ToyStyle:
     empty_fraction: float = 0.1
     distractor: str | None = None
     distractor_fraction: float = 0.0
+    min_objects: int = 1
+    large_range: tuple | None = None  # with it, a share ``large_fraction`` of the objects is this size
+    large_fraction: float = 0.0
 
 
 STYLES = {
@@ -76,6 +79,11 @@ STYLES = {
     # "plain", with half of the images holding only an unannotated cross
     "distractor": ToyStyle(categories=tuple(CATEGORIES[:3]), plain=True, size_range=(0.3, 0.7), empty_fraction=0.0,
                            distractor="cross", distractor_fraction=0.5),
+    # for large images (1280x1280: 10-30 px), 20 to 40 small objects and now and then a large one (256-512 px)
+    "small": ToyStyle(size_range=(10 / 1280, 30 / 1280), max_objects=40, min_objects=20, empty_fraction=0.0,
+                      large_range=(0.2, 0.4), large_fraction=0.05),
+    # one size after another: 4% to 50% of the side (12-150 px at 300x300), up to 8 objects
+    "scales": ToyStyle(size_range=(0.04, 0.5), max_objects=8, empty_fraction=0.05),
 }
 
 
@@ -85,6 +93,20 @@ def _place(rng, img, kind, style, height, width):
     return _draw_shape(img, kind, x, y, size, tuple(float(v) for v in rng.uniform(0, 255, 3)))
 
 
+def _place_mixed(rng, img, style, n, height, width):
+    """``n`` objects, a share ``style.large_fraction`` of them large; the large drawn first, so
+    that no small object hides under one."""
+    picks = []
+    for _ in range(n):
+        cat_id, kind = style.categories[rng.integers(len(style.categories))]
+        picks.append((rng.random() < style.large_fraction, cat_id, kind))
+    objects = []
+    for large, cat_id, kind in sorted(picks, key=lambda p: not p[0]):
+        sized = ToyStyle(size_range=style.large_range) if large else style
+        objects.append((cat_id, _place(rng, img, kind, sized, height, width)))
+    return objects
+
+
 def _make_image(rng, height, width, style):
     """One image and its objects [(category id, bbox)]; ``distractor`` tells whether it holds
     only the unannotated distractor shape."""
@@ -92,7 +114,9 @@ def _make_image(rng, height, width, style):
     if style.distractor and rng.random() < style.distractor_fraction:
         _place(rng, img, style.distractor, style, height, width)
         return img, [], True
-    n = 0 if rng.random() < style.empty_fraction else int(rng.integers(1, style.max_objects + 1))
+    n = 0 if rng.random() < style.empty_fraction else int(rng.integers(style.min_objects, style.max_objects + 1))
+    if style.large_range:
+        return img, _place_mixed(rng, img, style, n, height, width), False
     objects = []
     for _ in range(n):
         cat_id, kind = style.categories[rng.integers(len(style.categories))]

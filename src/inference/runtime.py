@@ -159,6 +159,8 @@ class ExportedDetector:
         # whether label i (0 the slots' filler) is reported: not one of torchvision's unused COCO labels
         self.reported = np.array([False] + [i is not None for i in self.category_ids])
         self.model_name = self.info.model
+        self.input_size, self.nms_threshold, self.max_output = (self.info.input_size, self.info.nms_threshold,
+                                                                self.info.max_output)
 
     @property
     def describe(self) -> str:
