@@ -169,6 +169,7 @@ def script(name, argv, monkeypatch, capsys):
     return out.out
 
 
+@pytest.mark.slow
 def test_image_with_one_tile_over_the_photo_writes_exactly_the_detections_without_tiles(
         checkpoint, toy_root, tmp_path, monkeypatch, capsys):
     photo = os.path.join(toy_root, "val2017", sorted(os.listdir(os.path.join(toy_root, "val2017")))[0])
