@@ -20,6 +20,7 @@ from src.cli import (
     add_detector_args,
     add_tile_args,
     backend_of,
+    check_tile_flags,
     checkpoint_from_args,
     fraction,
     input_path_of,
@@ -218,8 +219,7 @@ def main(args):
         raise UserError(f"the {backend} backend evaluates in one process: run it without torchrun")
     if args.tile and world_size > 1:
         raise UserError("--tile evaluates in one process: run it without torchrun")
-    if args.tile is None and args.tile_overlap != 0.2:
-        raise UserError("--tile-overlap needs --tile SIZE")
+    check_tile_flags(args)
     watch = Stopwatch(device)
     watch.add("start-up", process_age())  # the interpreter and the imports
     checkpoint = checkpoint_from_args(args)

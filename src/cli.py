@@ -154,20 +154,26 @@ def add_tile_args(p: argparse.ArgumentParser):
     p.add_argument("--tile", type=positive_int, default=None, metavar="SIZE",
                    help="also detect in overlapping tiles of SIZE pixels (at least the model's input size), merged "
                         "with the whole-image pass: small objects in large images")
-    p.add_argument("--tile-overlap", type=tile_overlap, default=0.2, metavar="F",
+    p.add_argument("--tile-overlap", type=tile_overlap, default=None, metavar="F",
                    help="share of a tile that neighbouring tiles overlap, in [0, 1) (default 0.2)")
+
+
+def check_tile_flags(args):
+    """``--tile-overlap`` goes with ``--tile``."""
+    if args.tile is None and args.tile_overlap is not None:
+        raise UserError("--tile-overlap needs --tile SIZE")
 
 
 def tiled(args, detector, image_sizes=()):
     """``detector`` run on tiles when ``--tile`` is given (checked against the model's input
     size and the images' (w, h) sizes), else ``detector`` itself."""
+    check_tile_flags(args)
     if args.tile is None:
-        if args.tile_overlap != 0.2:
-            raise UserError("--tile-overlap needs --tile SIZE")
         return detector
     from src.inference.tiles import TiledDetector, check_tile
-    check_tile(args.tile, args.tile_overlap, detector.input_size, image_sizes)
-    return TiledDetector(detector, args.tile, args.tile_overlap)
+    overlap = 0.2 if args.tile_overlap is None else args.tile_overlap
+    check_tile(args.tile, overlap, detector.input_size, image_sizes)
+    return TiledDetector(detector, args.tile, overlap)
 
 
 def backend_of(args) -> str:

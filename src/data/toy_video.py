@@ -1,5 +1,5 @@
 """Toy videos whose identities are known: the toy dataset's shapes moving over a still
-background, to measure a tracker (``benchmark.py --only tracking``, ``tests/test_tracking.py``).
+background, to measure a tracker (``tools/tracking_eval.py``, ``tests/test_tracking.py``).
 
 Each object crosses the frame on a straight path from one edge to another, at its own speed and
 start time, so paths cross; some leave the frame and come back later along the way they went
