@@ -295,6 +295,7 @@ class NumpyImages:
         self.category_names = detector.category_names
         self.describe = f"{detector.model.spec.name} on PyTorch ({detector.device})"
         self.input_size = detector.model.spec.fig_size
+        self.cls_threshold = detector.postprocess.score_threshold
         self.nms_threshold = detector.postprocess.nms_threshold
         self.max_output = detector.postprocess.max_output
 

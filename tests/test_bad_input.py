@@ -437,6 +437,19 @@ CASES = [
      r"has no split 'val' \(its splits are train, test\): choose one with --val-split"),
     ("coco-split-missing", "test_dataset.py", [*DATASET, "--split", "valid"], None, 1,
      r"has no split 'valid' \(its splits are train, val\): choose one with --split"),
+    # app.py: refused at start, in one line (what the page refuses: test_app.py)
+    ("app-folder-without-checkpoints", "app.py", ["--checkpoints", "{box}/toy", "--port", "0"], None, 1,
+     r"no checkpoint in .*toy: it holds no \.pth, \.pt, \.onnx file"),
+    ("app-folder-missing", "app.py", ["--checkpoints", "{box}/nothing", "--port", "0"], None, 1,
+     "--checkpoints .*nothing does not exist"),
+    ("app-checkpoints-is-a-file", "app.py", ["--checkpoints", "{box}/photo.jpg", "--port", "0"], None, 1,
+     "photo.jpg is not a folder"),
+    ("app-first-model-truncated", "app.py", ["--pretrained-model", "{box}/cut.pth", "--port", "0"],
+     truncated_checkpoint, 1, "truncated or corrupt"),
+    ("app-first-model-missing", "app.py", ["--pretrained-model", "{box}/none.pth", "--port", "0"], None, 1,
+     "checkpoint .*none.pth does not exist"),
+    ("app-not-a-port", "app.py", ["--checkpoints", "{box}/save", "--port", "70000"], None, 2,
+     "'70000' is not a port"),
     # demo.py and benchmark.py
     ("demo-out-is-a-file", "demo.py", ["--out", "{box}/photo.jpg", "--data", "{box}/toy"], None, 1, "is a file"),
     ("demo-data-is-not-a-dataset", "demo.py", ["--out", "{box}/d", "--data", "{box}/stuff"], not_a_dataset, 1,
@@ -468,7 +481,7 @@ def test_bad_input_is_refused_in_one_line_and_loses_nothing(case, sandbox, monke
 
 def test_there_are_at_least_forty_cases_across_every_script():
     assert len(CASES) >= 40
-    assert {c[1] for c in CASES} == {"train.py", "test_dataset.py", "test_image.py", "test_video.py",
+    assert {c[1] for c in CASES} == {"train.py", "test_dataset.py", "test_image.py", "test_video.py", "app.py",
                                      "export_onnx.py", "plot_logs.py", "demo.py", "benchmark.py"}
 
 

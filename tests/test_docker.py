@@ -9,8 +9,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def dockerfile():
+    """The Dockerfile, each instruction on one line (continuations joined)."""
     with open(os.path.join(ROOT, "Dockerfile")) as f:
-        return f.read()
+        return re.sub(r"\\\n\s*", " ", f.read())
 
 
 def instructions(name):
@@ -33,6 +34,14 @@ def test_every_copied_file_and_every_script_exists():
     for script in scripts:
         assert os.path.exists(os.path.join(ROOT, script))
     assert "/coco" in cmd and "/trained_models" in cmd
+
+
+def test_the_image_serves_the_page_on_the_port_the_readme_publishes():
+    copied = {f for args in instructions("COPY") for f in shlex.split(args)[:-1]}
+    assert "app.py" in copied and "src/" in copied and instructions("EXPOSE") == ["8000"]
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert re.search(r"docker run [^\n]*-p 8000:8000 [^\n]*python app.py [^\n]*--host 0.0.0.0", readme)
 
 
 def test_base_image_torch_matches_requirements():

@@ -161,7 +161,9 @@ def test_torchvision_weights_give_torchvisions_detections(published, image):
     detector.reported[:] = True  # torchvision reports its unused labels too
     got = detector([img])[0]
     assert len(expected["labels"]) == model.spec.decoding.max_output  # a full list: every step of the decoding counts
-    assert_same_detections(got, expected)
+    # our detector's channels-last convolutions (among others) sum in another order than torchvision's:
+    # on an AMD EPYC, scores 2.3e-5 and boxes 0.012 px apart (1e-5 and 0.01 px held on other CPUs)
+    assert_same_detections(got, expected, box_tolerance=5e-2, score_tolerance=1e-4)
 
 
 def test_the_evaluation_transform_is_torchvisions(published):

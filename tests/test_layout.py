@@ -15,6 +15,7 @@ ALLOWED = {
     "inference": {"utils", "models", "data", "checkpoints"},
     "training": {"utils", "models", "data", "checkpoints"},
     "evaluation": {"utils", "models", "data", "checkpoints", "inference"},
+    "web": {"utils", "models", "data", "checkpoints", "inference"},
 }
 
 

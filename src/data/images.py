@@ -50,10 +50,16 @@ def read_image(path: str, apply_exif: bool = False) -> np.ndarray:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as e:
         raise ImageReadError(f"image {path} {'does not exist' if not os.path.exists(path) else e.strerror}") from None
-    if data[:2].tobytes() == b"\xff\xd8" and not _is_jpeg_complete(data.tobytes()):
-        raise ImageReadError(f"image {path} is truncated (the JPEG ends before its end-of-image marker)")
+    return decode_image(data.tobytes(), f"image {path}", apply_exif)
+
+
+def decode_image(data: bytes, what: str, apply_exif: bool = False) -> np.ndarray:
+    """The bytes of an image file decoded as :func:`read_image` does; ``what`` names it in the
+    :class:`ImageReadError` of bytes that are no image, or a JPEG cut short."""
+    if data[:2] == b"\xff\xd8" and not _is_jpeg_complete(data):
+        raise ImageReadError(f"{what} is truncated (the JPEG ends before its end-of-image marker)")
     flags = cv2.IMREAD_COLOR if apply_exif else cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    bgr = cv2.imdecode(data, flags) if len(data) else None
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags) if data else None
     if bgr is None:
-        raise ImageReadError(f"image {path} is not an image OpenCV can decode (empty, truncated or another format)")
+        raise ImageReadError(f"{what} is not an image OpenCV can decode (empty, truncated or another format)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
