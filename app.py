@@ -9,6 +9,7 @@ one folder: those of --checkpoints, else the folder of --pretrained-model.
 """
 import argparse
 import copy
+import errno
 import os
 import sys
 import warnings
@@ -46,8 +47,8 @@ def get_args_parser():
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network)")
     p.add_argument("--port", type=port_number, default=8000, help="port to listen on (default 8000; 0: any free one)")
     p.add_argument("--threshold", type=fraction, default=0.3,
-                   help="the score threshold the page starts at, as test_image.py's (default 0.3); the page "
-                        "moves it down to the model's own floor, --cls-threshold")
+                   help="the score threshold the page starts at, as test_image.py's (default 0.3); below the "
+                        "model's own floor (--cls-threshold) there is nothing to show")
     p.add_argument("--max-upload-mb", type=positive_float, default=50.0, help="largest upload (default 50 MB)")
     p.add_argument("--max-megapixels", type=positive_float, default=100.0,
                    help="largest photo or video frame (default 100 megapixels)")
@@ -116,7 +117,7 @@ def listen(args, catalogue, worker, default) -> PageServer:
     try:
         return PageServer((args.host, args.port), catalogue, worker, settings, default)
     except OSError as e:
-        if e.errno == 98 or "in use" in str(e):
+        if e.errno == errno.EADDRINUSE:
             raise UserError(f"port {args.port} on {args.host} is in use: stop what serves there, or choose another "
                             "with --port") from None
         raise UserError(f"cannot listen on {args.host} port {args.port}: {e.strerror or e}") from None
@@ -135,7 +136,8 @@ def main(args):
         print(f"{len(catalogue.names())} model(s){where}; {default}: {describe}")
         if not server.loopback:
             print(f"note: listening on {host}: other machines on the network can open this page", file=sys.stderr)
-        print(f"serving at http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/ (Ctrl+C stops)", flush=True)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+        print(f"serving at http://{shown}:{port}/ (Ctrl+C stops)", flush=True)
         server.serve_forever()
     finally:
         server.server_close()

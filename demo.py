@@ -126,7 +126,8 @@ def main(args):
     print(f"\nDone. Checkpoint: {ckpt}\n      Outputs: {outputs} (detection.jpg, clip_prediction.mp4, "
           f"detections.json, curves.png, {args.model}.onnx)\n      Evaluation report: "
           f"{os.path.join(report, 'index.html')}"
-          f"\n      TensorBoard: tensorboard --logdir {os.path.join(out, 'runs')}")
+          f"\n      TensorBoard: tensorboard --logdir {os.path.join(out, 'runs')}"
+          f"\n      The web page: python app.py --pretrained-model {ckpt}")
 
 
 if __name__ == "__main__":
