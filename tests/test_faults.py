@@ -33,15 +33,30 @@ def toy_copy(toy_root, tmp_path):
     return dst
 
 
+@pytest.fixture(scope="module")
+def straight_run(toy_root, tmp_path_factory):
+    """``straight_run(workers)``: the save folder of two uninterrupted epochs with that many loader
+    workers (run once per setting, shared by the signal tests)."""
+    done = {}
+
+    def get(workers):
+        if workers not in done:
+            folder = tmp_path_factory.mktemp(f"straight{workers}")
+            cmd = train_cmd(toy_root, folder, "--batch-size", "2", "--num-workers", workers, epochs=2)
+            assert run(cmd).returncode == 0
+            done[workers] = folder
+        return done[workers]
+    return get
+
+
 # each signal, each loader setting and each way of sending it (to the process or its group) once
 @pytest.mark.parametrize("sig, workers, group", [(signal.SIGTERM, "0", False), (signal.SIGINT, "2", True),
                                                  (signal.SIGTERM, "2", True)])
-def test_signal_mid_epoch_saves_and_resume_is_exact(toy_root, tmp_path, sig, workers, group):
+def test_signal_mid_epoch_saves_and_resume_is_exact(toy_root, tmp_path, straight_run, sig, workers, group):
     """Exact with loader workers too: each sample's augmentation is seeded from (seed, epoch, index).
     ``group``: the signal goes to the loader workers as well, as Ctrl-C in a terminal, `timeout`
     and a cluster's scancel send it."""
-    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    assert run(train_cmd(toy_root, straight, "--batch-size", "2", "--num-workers", workers, epochs=2)).returncode == 0
+    straight, stopped = straight_run(workers), tmp_path / "stopped"
     log = tmp_path / "stderr.txt"
     cmd = train_cmd(toy_root, stopped, "--batch-size", "2", "--num-workers", workers, epochs=2)
     with open(log, "w") as err:
