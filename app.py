@@ -5,7 +5,8 @@
     python app.py --checkpoints /models --host 0.0.0.0           # reachable from other machines
 
 The page may load the checkpoints (ours, the original's, NVIDIA's) and exported models (.onnx) of
-one folder: those of --checkpoints, else the folder of --pretrained-model.
+one folder: those of --checkpoints, else the folder of --pretrained-model. --device and --amp apply
+to the checkpoints, --backend (onnxruntime or openvino) to the exported models.
 """
 import argparse
 import copy
@@ -105,6 +106,10 @@ def loader(args, catalogue):
     def load(name):
         one = copy.copy(args)
         one.pretrained_model = path = catalogue.path_of(name)
+        if is_exported(path):  # --device and --amp are the checkpoints', --backend the exported models'
+            one.device, one.amp = None, False
+        else:
+            one.backend = "auto"
         try:
             return detector_from_args(one, path, None if is_exported(path) else categories)
         except UserError as e:  # the page names the model by its name: no path of the server's

@@ -310,7 +310,8 @@ def test_a_photo_is_read_in_memory_and_written_nowhere(url, photos, tmp_path, mo
 def test_the_three_checkpoint_forms_and_an_exported_model_of_a_folder_each_answer(
         models, photos, kit_state_dict, tmp_path):
     """The original's form, NVIDIA's (saved from DDP), ours, and ours exported with NMS (.onnx, on
-    ONNX Runtime): listed, loaded by name, and detecting; the exported one as its checkpoint does."""
+    OpenVINO, as --backend asks, while the checkpoints run on PyTorch): listed, loaded by name, and
+    detecting; the exported one as its checkpoint does."""
     from test_runtime import export_in_process
     folder = tmp_path / "forms"
     folder.mkdir()
@@ -319,11 +320,11 @@ def test_the_three_checkpoint_forms_and_an_exported_model_of_a_folder_each_answe
     torch.save({"epoch": 64, "model": {"module." + k: v for k, v in state.items()}}, folder / "nvidia.pt")
     shutil.copy(models / "lite.pth", folder / "lite.pth")
     export_in_process(folder / "lite.pth", folder / "lite.onnx")
-    with serving(folder, "lite.pth") as url:
+    with serving(folder, "lite.pth", argv=["--backend", "openvino"]) as url:  # for the exported one only
         assert call(url, "/api/models")[1]["models"] == ["SSD.pth", "lite.onnx", "lite.pth", "nvidia.pt"]
         answers = {}
         for name, describe in (("SSD.pth", "ssdlite on PyTorch"), ("nvidia.pt", "ssdlite on PyTorch"),
-                               ("lite.onnx", "ssdlite exported (fp32) on onnxruntime"),
+                               ("lite.onnx", "ssdlite exported (fp32) on openvino"),
                                ("lite.pth", "ssdlite on PyTorch")):
             status, info = call(url, f"/api/model?name={name}", b"")
             assert status == 200 and info["describe"].startswith(describe), info
