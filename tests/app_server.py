@@ -2,16 +2,40 @@
 (shared by test_app.py and test_browser.py)."""
 import contextlib
 import json
+import os
+import shutil
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
 
-from test_bad_input import load_script
+from test_bad_input import load_script, training_checkpoint
 
 from src.web.catalogue import Catalogue
 from src.web.server import PageServer, PageSettings
 from src.web.worker import ModelWorker
+
+
+def two_models(folder, first=None):
+    """``lite.pth`` (a copy of ``first``, else an untrained SSDLite on the toy categories) and
+    ``other.pth`` (other weights, the same categories) in ``folder``."""
+    import torch
+
+    from src.models.ssd import build_model
+    if first:
+        shutil.copy(first, folder / "lite.pth")
+    else:
+        training_checkpoint(folder / "lite.pth")
+    torch.manual_seed(1)
+    torch.save({"model": build_model("ssdlite", 5).state_dict(), "category_ids": [2, 5, 9, 14],
+                "category_names": ["circle", "square", "triangle", "cross"]}, folder / "other.pth")
+    return folder
+
+
+def val_photos(toy_root) -> list[str]:
+    """The toy set's val photos."""
+    val = os.path.join(toy_root, "val2017")
+    return [os.path.join(val, name) for name in sorted(os.listdir(val))]
 
 
 @contextlib.contextmanager

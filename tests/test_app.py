@@ -15,12 +15,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from app_server import call, detect, serving
+from app_server import call, detect, serving, two_models, val_photos
 from PIL import Image
-from test_bad_input import ROOT, run_script, training_checkpoint
+from test_bad_input import ROOT, run_script
 
 from src.inference.detections import Detections
-from src.models.ssd import build_model
 from src.web.worker import Busy, ModelWorker
 
 THRESHOLD = 0.27  # the untrained SSDLite scores its boxes from 0.25 to 0.30: this keeps some
@@ -29,11 +28,7 @@ THRESHOLD = 0.27  # the untrained SSDLite scores its boxes from 0.25 to 0.30: th
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A checkpoint folder: two SSDLites of other weights, beside what is no model."""
-    folder = tmp_path_factory.mktemp("models")
-    training_checkpoint(folder / "lite.pth")
-    torch.manual_seed(1)
-    torch.save({"model": build_model("ssdlite", 5).state_dict(), "category_ids": [2, 5, 9, 14],
-                "category_names": ["circle", "square", "triangle", "cross"]}, folder / "other.pth")
+    folder = two_models(tmp_path_factory.mktemp("models"))
     (folder / "notes.txt").write_text("not a model")
     (folder / ".hidden.pth").write_bytes((folder / "lite.pth").read_bytes())
     (folder / "sub.pth").mkdir()
@@ -48,8 +43,7 @@ def url(models):
 
 @pytest.fixture(scope="module")
 def photos(toy_root):
-    val = os.path.join(toy_root, "val2017")
-    return [os.path.join(val, name) for name in sorted(os.listdir(val))]
+    return val_photos(toy_root)
 
 
 def read(path) -> bytes:

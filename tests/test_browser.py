@@ -10,9 +10,9 @@ import shutil
 
 import cv2
 import pytest
-from app_server import serving
+from app_server import serving, two_models, val_photos
 from test_app import ranked
-from test_bad_input import run_script, training_checkpoint
+from test_bad_input import run_script
 
 from src.data.dataset import coco_paths
 
@@ -36,18 +36,7 @@ RESOURCE_ERROR = "Failed to load resource"  # Chromium's console line for an ans
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("page-models")
-    if CHECKPOINT:
-        shutil.copy(CHECKPOINT, folder / "lite.pth")
-    else:
-        training_checkpoint(folder / "lite.pth")
-    training_checkpoint(folder / "other.pth")
-    # other weights under the same name: a second model the page can switch to
-    import torch
-    state = torch.load(folder / "other.pth", weights_only=False)
-    state["model"] = {k: v * 1.5 if v.is_floating_point() and v.dim() > 1 else v for k, v in state["model"].items()}
-    torch.save(state, folder / "other.pth")
-    return folder
+    return two_models(tmp_path_factory.mktemp("page-models"), CHECKPOINT)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +72,7 @@ def page(browser, url):
 
 @pytest.fixture(scope="module")
 def photos(toy_root):
-    val = os.path.join(toy_root, "val2017")
-    return [os.path.join(val, name) for name in sorted(os.listdir(val))]
+    return val_photos(toy_root)
 
 
 def table(page) -> list[dict]:
