@@ -80,7 +80,7 @@ class PageServer(ThreadingHTTPServer):
 
     @property
     def loopback(self) -> bool:
-        return self.server_address[0] in ("127.0.0.1", "::1") or self.server_address[0].startswith("127.")
+        return self.server_address[0] == "::1" or self.server_address[0].startswith("127.")
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -50,9 +50,8 @@ def image_size(data: bytes, name: str, max_megapixels: float) -> tuple[int, int]
 def check_photo(data: bytes, name: str, max_megapixels: float):
     """Refuse a photo over ``max_megapixels`` by its header, before a byte of it is decoded."""
     size = image_size(data, name, max_megapixels)
-    if size and size[0] * size[1] > max_megapixels * 1e6:
-        raise UploadError(f"{name} is {size[0]}x{size[1]} pixels: this page takes up to {max_megapixels:g} "
-                          "megapixels (app.py --max-megapixels)")
+    if size:
+        _check_pixels(name, *size, max_megapixels)
 
 
 def read_photo(data: bytes, name: str, max_megapixels: float) -> np.ndarray:
@@ -63,10 +62,14 @@ def read_photo(data: bytes, name: str, max_megapixels: float) -> np.ndarray:
         image = decode_image(data, name, apply_exif=True)
     except ImageReadError as e:
         raise UploadError(str(e)) from None
-    if image.shape[0] * image.shape[1] > max_megapixels * 1e6:  # a format PIL could not measure
-        raise UploadError(f"{name} is {image.shape[1]}x{image.shape[0]} pixels: this page takes up to "
-                          f"{max_megapixels:g} megapixels (app.py --max-megapixels)")
+    _check_pixels(name, image.shape[1], image.shape[0], max_megapixels)  # a format PIL could not measure
     return image
+
+
+def _check_pixels(name: str, width: int, height: int, max_megapixels: float, what: str = "is"):
+    if width * height > max_megapixels * 1e6:
+        raise UploadError(f"{name} {what} {width}x{height} pixels: this page takes up to {max_megapixels:g} "
+                          "megapixels (app.py --max-megapixels)")
 
 
 @contextlib.contextmanager
@@ -103,9 +106,7 @@ def _read(cap, name, stride, max_frames, max_megapixels):
         ok, frame = cap.read()
         if not ok:
             break
-        if frame.shape[0] * frame.shape[1] > max_megapixels * 1e6:
-            raise UploadError(f"{name} has frames of {frame.shape[1]}x{frame.shape[0]} pixels: this page takes up "
-                              f"to {max_megapixels:g} megapixels (app.py --max-megapixels)")
+        _check_pixels(name, frame.shape[1], frame.shape[0], max_megapixels, what="has frames of")
         if read % stride == 0:
             kept += 1
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
